@@ -1,0 +1,469 @@
+"""The gRPC servicers: JobService for workers, AdminService for operators.
+
+Handlers validate, call the store in a worker thread, ring the doorbells and
+convert. Errors become status codes in one place, `abort_on_error`.
+"""
+
+import asyncio
+import functools
+import random
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from google.protobuf.duration_pb2 import Duration
+
+from barter.v1 import admin_pb2, admin_pb2_grpc, common_pb2, jobs_pb2, jobs_pb2_grpc
+from brain_service import convert, validation
+from brain_service.config import BrainConfig
+from brain_service.doorbell import Doorbell
+from brain_service.errors import (
+    AlreadyExists,
+    BrainError,
+    InvalidArgument,
+    LeaseLost,
+    NotFound,
+    SecretsUnavailable,
+    StoreUnavailable,
+    TooBusy,
+    WrongState,
+)
+from brain_service.outcomes import FINAL_STATES
+from brain_service.store import Reclaimed, Store
+
+log = structlog.get_logger("brain")
+T = TypeVar("T")
+
+STATUS_FOR_ERROR: dict[type[BrainError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    LeaseLost: grpc.StatusCode.FAILED_PRECONDITION,
+    WrongState: grpc.StatusCode.FAILED_PRECONDITION,
+    SecretsUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    TooBusy: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _status(exc: BaseException, rpc: str) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, BrainError):
+        code = STATUS_FOR_ERROR.get(type(exc), grpc.StatusCode.INTERNAL)
+        if isinstance(exc, LeaseLost):
+            log.warning("stale_write_refused", rpc=rpc, reason=str(exc))
+        elif isinstance(exc, StoreUnavailable):
+            log.warning("store_unavailable", rpc=rpc, reason=str(exc))
+        else:
+            log.debug("request_refused", rpc=rpc, code=code.name, reason=str(exc))
+        return code, str(exc)
+    log.error("rpc_crashed", rpc=rpc, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, "internal error in the Brain; its log has details"
+
+
+def abort_on_error(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Map Brain errors to status codes; never let a traceback reach a caller."""
+    if getattr(method, "_streams", False):
+
+        @functools.wraps(method)
+        async def stream_wrapper(self: Any, request: Any, context: Any) -> Any:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every error becomes a status
+                code, message = _status(exc, method.__name__)
+            await context.abort(code, message)
+
+        return stream_wrapper
+
+    @functools.wraps(method)
+    async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status
+            code, message = _status(exc, method.__name__)
+        await context.abort(code, message)
+
+    return unary_wrapper
+
+
+def streams(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a handler that yields, for abort_on_error."""
+    method._streams = True  # type: ignore[attr-defined]
+    return method
+
+
+class Hub:
+    """What both servicers share: the store, its thread pool and the doorbells."""
+
+    def __init__(self, store: Store, config: BrainConfig) -> None:
+        self.store = store
+        self.config = config
+        # Rung when a job may have become claimable.
+        self.work = Doorbell()
+        # Rung when any job changed, for watchers.
+        self.changes = Doorbell()
+        self.stopping = False
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store")
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking store call off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, functools.partial(fn, *args, **kwargs)
+        )
+
+    def job_changed(self, claimable: int | None = 0) -> None:
+        """Tell watchers, and wake `claimable` long-polls (None: all)."""
+        self.changes.ring()
+        if claimable is None or claimable > 0:
+            self.work.ring(claimable)
+
+    def note_reclaimed(self, reclaimed: list[Reclaimed]) -> None:
+        for item in reclaimed:
+            level = log.error if item.state == "FAILED" else log.warning
+            level(
+                "lease_expired",
+                job_id=item.job_id,
+                attempt=item.attempt,
+                worker_id=item.worker_id,
+                new_state=item.state,
+            )
+        if reclaimed:
+            self.job_changed(claimable=None)
+
+    def stop(self) -> None:
+        """Release every long-poll and watch so that shutdown is not held up."""
+        self.stopping = True
+        self.work.ring()
+        self.changes.ring()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class JobApi(jobs_pb2_grpc.JobServiceServicer):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.polls = 0
+
+    @abort_on_error
+    async def ClaimJob(
+        self, request: jobs_pb2.ClaimJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.ClaimJobResponse:
+        hub = self.hub
+        worker_id, wait_s, max_jobs = validation.claim_request(
+            request, hub.config.max_wait_s
+        )
+        if wait_s > 0 and self.polls >= hub.config.max_concurrent_polls:
+            raise TooBusy(
+                f"{self.polls} long-polls already held (BRAIN_MAX_CONCURRENT_POLLS)"
+            )
+
+        loop = asyncio.get_running_loop()
+        # A little less than asked, at random, so a fleet does not re-poll in step.
+        deadline = loop.time() + wait_s * random.uniform(0.9, 1.0)
+        self.polls += 1
+        try:
+            while True:
+                bell = hub.work.register()
+                now = utcnow()
+                claim = await hub.run(hub.store.claim_jobs, worker_id, max_jobs, now)
+                hub.note_reclaimed(claim.reclaimed)
+                if claim.jobs:
+                    bell.cancel()
+                    return self._claimed(claim.jobs, worker_id)
+
+                remaining = deadline - loop.time()
+                if remaining <= 0 or hub.stopping:
+                    bell.cancel()
+                    log.debug("claim_empty", worker_id=worker_id)
+                    return jobs_pb2.ClaimJobResponse()
+                timeout = remaining
+                if claim.next_due_at is not None:
+                    due_in = (claim.next_due_at - now).total_seconds()
+                    # Floor: rows another replica holds locked look due but
+                    # cannot be taken; do not spin on them.
+                    timeout = min(timeout, max(due_in, 0.01))
+                await Doorbell.wait(bell, timeout)
+        finally:
+            self.polls -= 1
+
+    def _claimed(self, jobs: list, worker_id: str) -> jobs_pb2.ClaimJobResponse:
+        for claimed in jobs:
+            log.info(
+                "job_claimed",
+                job_id=claimed.job.id,
+                attempt=claimed.job.attempts,
+                worker_id=worker_id,
+                steps=len(claimed.steps),
+            )
+        self.hub.job_changed()
+        return jobs_pb2.ClaimJobResponse(jobs=[convert.claimed_job(c) for c in jobs])
+
+    @abort_on_error
+    @streams
+    async def StreamProgress(
+        self,
+        request_iterator: AsyncIterator[jobs_pb2.ProgressUpdate],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[jobs_pb2.ProgressAck]:
+        hub = self.hub
+        async for update in request_iterator:
+            args = validation.progress_update(update)
+            renewal = await hub.run(hub.store.renew_lease, now=utcnow(), **args)
+            log.debug(
+                "lease_renewed",
+                job_id=args["job_id"],
+                results=len(args["results"]),
+                cancel=renewal.cancel,
+            )
+            if args["results"] or args["message"]:
+                hub.job_changed()
+            yield jobs_pb2.ProgressAck(
+                job_id=args["job_id"],
+                deadline=convert.timestamp(renewal.deadline),
+                cancel=renewal.cancel,
+            )
+
+    @abort_on_error
+    async def CompleteJob(
+        self, request: jobs_pb2.CompleteJobRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.CompleteJobResponse:
+        hub = self.hub
+        args = validation.complete_request(request)
+        finish = await hub.run(hub.store.finish_job, now=utcnow(), **args)
+        if not finish.repeated:
+            level = log.error if finish.state == "FAILED" else log.info
+            level(
+                "job_completed",
+                job_id=args["job_id"],
+                reported=args["outcome"],
+                state=finish.state,
+                error_code=finish.decision.error_code if finish.decision else "",
+            )
+            # Its accounts are free again, and a retry may be due later.
+            hub.job_changed(claimable=None)
+        return jobs_pb2.CompleteJobResponse(
+            state=convert.job_state(finish.state),
+            available_at=convert.timestamp(finish.available_at),
+        )
+
+
+class AdminApi(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    @abort_on_error
+    async def SubmitJobs(
+        self, request: admin_pb2.SubmitJobsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.SubmitJobsResponse:
+        hub = self.hub
+        specs = validation.job_specs(request, hub.store.tiers)
+        results = await hub.run(hub.store.submit_jobs, specs, utcnow())
+        created = sum(1 for _, was_created in results if was_created)
+        log.info("jobs_submitted", created=created, repeated=len(results) - created)
+        hub.job_changed(claimable=created)
+        return admin_pb2.SubmitJobsResponse(
+            jobs=[
+                admin_pb2.SubmittedJob(job=convert.job(view), created=was_created)
+                for view, was_created in results
+            ]
+        )
+
+    @abort_on_error
+    async def GetJob(
+        self, request: admin_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.Job:
+        job_id = validation.job_id(request.job_id)
+        return convert.job(await self.hub.run(self.hub.store.get_job, job_id))
+
+    @abort_on_error
+    async def ListJobs(
+        self, request: admin_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListJobsResponse:
+        args = validation.list_jobs_request(request)
+        views, token = await self.hub.run(self.hub.store.list_jobs, **args)
+        return admin_pb2.ListJobsResponse(
+            jobs=[convert.job(v) for v in views], next_page_token=token
+        )
+
+    @abort_on_error
+    @streams
+    async def WatchJobs(
+        self, request: admin_pb2.WatchJobsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[admin_pb2.JobEvent]:
+        hub = self.hub
+        ids = validation.watch_ids(request)
+        seen: dict[str, datetime] = {}
+        since = utcnow()
+        if ids:
+            views = await hub.run(hub.store.get_jobs, ids)
+            missing = set(ids) - {v.job.id for v in views}
+            if missing:
+                raise NotFound(f"job_ids: no job {sorted(missing)[0]}")
+
+        while not hub.stopping:
+            # Registered before reading so that a change during the read wakes us.
+            bell = hub.changes.register()
+            if ids:
+                views = await hub.run(hub.store.get_jobs, ids)
+            else:
+                views = await hub.run(
+                    hub.store.jobs_changed_since, since - timedelta(seconds=1), 500
+                )
+            for view in views:
+                if seen.get(view.job.id) != view.job.updated_at:
+                    seen[view.job.id] = view.job.updated_at
+                    yield admin_pb2.JobEvent(job=convert.job(view))
+            if ids and all(v.job.state in FINAL_STATES for v in views):
+                bell.cancel()
+                return
+            if not ids and views:
+                since = max(since, max(v.job.updated_at for v in views))
+                horizon = since - timedelta(seconds=5)
+                seen = {k: t for k, t in seen.items() if t >= horizon}
+            # The timeout catches changes made by another Brain replica.
+            await Doorbell.wait(bell, 1.0)
+
+    @abort_on_error
+    async def CancelJob(
+        self, request: admin_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.Job:
+        job_id = validation.job_id(request.job_id)
+        view = await self.hub.run(self.hub.store.cancel_job, job_id, utcnow())
+        log.info("job_cancel_requested", job_id=job_id, state=view.job.state)
+        self.hub.job_changed()
+        return convert.job(view)
+
+    @abort_on_error
+    async def RetryJob(
+        self, request: admin_pb2.RetryJobRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.Job:
+        job_id = validation.job_id(request.job_id)
+        view = await self.hub.run(self.hub.store.retry_job, job_id, utcnow())
+        log.info("job_retried", job_id=job_id)
+        self.hub.job_changed(claimable=1)
+        return convert.job(view)
+
+    @abort_on_error
+    async def AddAccount(
+        self, request: admin_pb2.AddAccountRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Account:
+        hub = self.hub
+        account = validation.account_input(request.account, "account")
+        now = utcnow()
+        (row,) = await hub.run(hub.store.add_accounts, [account], False, now)
+        if row.error:
+            raise AlreadyExists(f"account.username: {account.username} {row.error}")
+        log.info("account_added", account=account.username)
+        hub.job_changed(claimable=None)
+        return convert.account(
+            await hub.run(hub.store.get_account, account.username, now)
+        )
+
+    @abort_on_error
+    async def ImportAccounts(
+        self,
+        request: admin_pb2.ImportAccountsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> admin_pb2.ImportAccountsResponse:
+        hub = self.hub
+        validation.import_batch(request)
+        rows: list[admin_pb2.ImportRowResult] = []
+        good = []
+        positions = []
+        for i, item in enumerate(request.accounts):
+            try:
+                good.append(validation.account_input(item, f"accounts[{i}]"))
+                positions.append(i)
+            except InvalidArgument as exc:
+                rows.append(
+                    admin_pb2.ImportRowResult(
+                        index=i, username=item.username[:64], error=str(exc)
+                    )
+                )
+        if good:
+            stored = await hub.run(
+                hub.store.add_accounts, good, request.update_existing, utcnow()
+            )
+            for position, row in zip(positions, stored, strict=True):
+                rows.append(
+                    admin_pb2.ImportRowResult(
+                        index=position,
+                        username=row.username,
+                        created=row.created,
+                        updated=row.updated,
+                        error=row.error,
+                    )
+                )
+        rows.sort(key=lambda r: r.index)
+        log.info(
+            "accounts_imported",
+            created=sum(r.created for r in rows),
+            updated=sum(r.updated for r in rows),
+            rejected=sum(bool(r.error) for r in rows),
+        )
+        hub.job_changed(claimable=None)
+        return admin_pb2.ImportAccountsResponse(rows=rows)
+
+    @abort_on_error
+    async def ListAccounts(
+        self, request: admin_pb2.ListAccountsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListAccountsResponse:
+        args = validation.list_accounts_request(request)
+        views, token = await self.hub.run(
+            self.hub.store.list_accounts, now=utcnow(), **args
+        )
+        return admin_pb2.ListAccountsResponse(
+            accounts=[convert.account(v) for v in views], next_page_token=token
+        )
+
+    @abort_on_error
+    async def ResetAccount(
+        self, request: admin_pb2.ResetAccountRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Account:
+        username = validation.username(request.username, "username")
+        view = await self.hub.run(self.hub.store.reset_account, username, utcnow())
+        log.info("account_reset", account=username)
+        self.hub.job_changed(claimable=None)
+        return convert.account(view)
+
+    @abort_on_error
+    async def GetStats(
+        self, request: admin_pb2.GetStatsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.QueueStats:
+        now = utcnow()
+        stats = await self.hub.run(self.hub.store.stats, now)
+        jobs, accounts = stats.jobs_by_state, stats.accounts_by_state
+        oldest = Duration()
+        if stats.oldest_due_at is not None:
+            oldest.FromTimedelta(max(now - stats.oldest_due_at, timedelta(0)))
+        return admin_pb2.QueueStats(
+            pending=jobs.get("PENDING", 0),
+            leased=jobs.get("LEASED", 0),
+            succeeded=jobs.get("SUCCEEDED", 0),
+            failed=jobs.get("FAILED", 0),
+            cancelled=jobs.get("CANCELLED", 0),
+            due=stats.due,
+            waiting_for_workforce=stats.waiting_for_workforce,
+            oldest_due_age=oldest,
+            accounts_active=accounts.get("ACTIVE", 0),
+            accounts_cooldown=accounts.get("COOLDOWN", 0),
+            accounts_needs_owner=accounts.get("NEEDS_OWNER", 0),
+            accounts_disabled=accounts.get("DISABLED", 0),
+            accounts_busy=stats.accounts_busy,
+            actions_last_hour=stats.actions_last_hour,
+            server_time=convert.timestamp(now),
+        )
