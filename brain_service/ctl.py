@@ -21,9 +21,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
+from rich.console import Console
 
 from barter.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from brain_service import ctl_render as render
@@ -198,7 +200,7 @@ class Brain:
     def close(self) -> None:
         self._channel.close()
 
-    def call(self, method: str, request: Message) -> Message:
+    def call(self, method: str, request: Message) -> Any:
         """One unary call; a failure becomes a CtlError with its one-line reason."""
         rpc = getattr(self._stub, method)
         try:
@@ -499,7 +501,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings, brain: Brain) -> in
             raise _batch_error(
                 exc, batch, done=len(submitted), total=len(specs)
             ) from None
-        submitted.extend(reply.jobs)  # type: ignore[attr-defined]
+        submitted.extend(reply.jobs)
 
     response = admin_pb2.SubmitJobsResponse(jobs=submitted)
     if args.quiet and not settings.json:
@@ -550,8 +552,8 @@ def cmd_jobs_list(args: argparse.Namespace, settings: Settings, brain: Brain) ->
             page_token=token,
         )
         reply = brain.call("ListJobs", request)
-        jobs.extend(reply.jobs)  # type: ignore[attr-defined]
-        token = reply.next_page_token  # type: ignore[attr-defined]
+        jobs.extend(reply.jobs)
+        token = reply.next_page_token
         if not token:
             break
 
@@ -567,14 +569,14 @@ def cmd_jobs_list(args: argparse.Namespace, settings: Settings, brain: Brain) ->
 def cmd_jobs_get(args: argparse.Namespace, settings: Settings, brain: Brain) -> int:
     """One job with its steps."""
     job = brain.call("GetJob", admin_pb2.GetJobRequest(job_id=args.job_id))
-    _print(settings, job, lambda: render.job_detail(job))  # type: ignore[arg-type]
+    _print(settings, job, lambda: render.job_detail(job))
     return EXIT_OK
 
 
 def cmd_jobs_cancel(args: argparse.Namespace, settings: Settings, brain: Brain) -> int:
     """Cancel a job: at once when pending, between steps when leased."""
     job = brain.call("CancelJob", admin_pb2.CancelJobRequest(job_id=args.job_id))
-    _print(settings, job, lambda: _cancel_line(job))  # type: ignore[arg-type]
+    _print(settings, job, lambda: _cancel_line(job))
     return EXIT_OK
 
 
@@ -594,7 +596,7 @@ def cmd_jobs_retry(args: argparse.Namespace, settings: Settings, brain: Brain) -
     _print(
         settings,
         job,
-        lambda: f"job {job.job_id}: {render.job_state_name(job.state)}",  # type: ignore[attr-defined]
+        lambda: f"job {job.job_id}: {render.job_state_name(job.state)}",
     )
     return EXIT_OK
 
@@ -623,7 +625,7 @@ def cmd_accounts_add(args: argparse.Namespace, settings: Settings, brain: Brain)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     reply = brain.call("AddAccount", admin_pb2.AddAccountRequest(account=account))
-    _print(settings, reply, lambda: render.account_line(reply))  # type: ignore[arg-type]
+    _print(settings, reply, lambda: render.account_line(reply))
     return EXIT_OK
 
 
@@ -658,7 +660,7 @@ def cmd_accounts_import(
             update_existing=args.update_existing,
         )
         reply = brain.call("ImportAccounts", request)
-        for row in reply.rows:  # type: ignore[attr-defined]
+        for row in reply.rows:
             where = batch[row.index][0] if 0 <= row.index < len(batch) else "?"
             outcome = "created" if row.created else "updated" if row.updated else ""
             outcome = f"rejected: {row.error}" if row.error else outcome or "unchanged"
@@ -720,8 +722,8 @@ def cmd_accounts_list(
             page_token=token,
         )
         reply = brain.call("ListAccounts", request)
-        accounts.extend(reply.accounts)  # type: ignore[attr-defined]
-        token = reply.next_page_token  # type: ignore[attr-defined]
+        accounts.extend(reply.accounts)
+        token = reply.next_page_token
         if not token:
             break
     response = admin_pb2.ListAccountsResponse(accounts=accounts, next_page_token=token)
@@ -735,14 +737,14 @@ def cmd_accounts_reset(
     """Return a parked, cooling or disabled account to ACTIVE."""
     request = admin_pb2.ResetAccountRequest(username=args.username)
     reply = brain.call("ResetAccount", request)
-    _print(settings, reply, lambda: render.account_line(reply))  # type: ignore[arg-type]
+    _print(settings, reply, lambda: render.account_line(reply))
     return EXIT_OK
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings, brain: Brain) -> int:
     """Queue statistics."""
     stats = brain.call("GetStats", admin_pb2.GetStatsRequest())
-    _print(settings, stats, lambda: render.stats_table(stats))  # type: ignore[arg-type]
+    _print(settings, stats, lambda: render.stats_table(stats))
     return EXIT_OK
 
 
@@ -792,7 +794,7 @@ def cmd_jobs_watch(args: argparse.Namespace, settings: Settings, brain: Brain) -
     return EXIT_OK
 
 
-def _print_watch_summary(settings: Settings, console: object, watch: JobWatch) -> None:
+def _print_watch_summary(settings: Settings, console: Console, watch: JobWatch) -> None:
     jobs = list(watch.jobs.values())
     unseen = watch.unseen_ids()
     if settings.json:
@@ -806,7 +808,7 @@ def _print_watch_summary(settings: Settings, console: object, watch: JobWatch) -
             }
         )
         return
-    console.print(render.watch_summary(jobs, unseen))  # type: ignore[attr-defined]
+    console.print(render.watch_summary(jobs, unseen))
 
 
 def _watch_ids(given: Sequence[str]) -> list[str]:
@@ -831,8 +833,8 @@ def _unfinished_job_ids(brain: Brain) -> list[str]:
             page_token=token,
         )
         reply = brain.call("ListJobs", request)
-        ids.extend(job.job_id for job in reply.jobs)  # type: ignore[attr-defined]
-        token = reply.next_page_token  # type: ignore[attr-defined]
+        ids.extend(job.job_id for job in reply.jobs)
+        token = reply.next_page_token
         if not token:
             return list(dict.fromkeys(ids))
 
@@ -879,6 +881,7 @@ class JobWatch:
             thread.start()
             self._threads.append(thread)
 
+        streams_open = len(chunks)
         check_unseen_at = time.monotonic() + UNSEEN_CHECK_AFTER_S
         while not (until_final and self.all_final()):
             wait_s = 0.2
@@ -905,10 +908,16 @@ class JobWatch:
             for kind, payload in batch:
                 if kind == "error":
                     raise payload  # type: ignore[misc]
+                if kind == "end":
+                    streams_open -= 1
+                    continue
                 job: common_pb2.Job = payload  # type: ignore[assignment]
                 self.jobs[job.job_id] = job
                 changed.append(job)
-            yield changed
+            if changed:
+                yield changed
+            if not streams_open:
+                return  # every watched job is final: nothing more can change
 
     def _require_unseen_exist(self) -> None:
         """Raise NOT_FOUND for the first watched id the Brain does not know."""
@@ -916,7 +925,14 @@ class JobWatch:
             self._brain.call("GetJob", admin_pb2.GetJobRequest(job_id=job_id))
 
     def _read_stream(self, job_ids: list[str]) -> None:
+        """Feed one stream's events to the queue, reopening it when it drops.
+
+        The Brain ends a stream of ids once they are all final; any other end
+        (the Brain restarting) is a drop. Ends with one ("end", None) or
+        ("error", CtlError) item.
+        """
         failures = 0
+        final: set[str] = set()
         while not self._stop.is_set():
             call = self._brain.open_watch(job_ids)
             with self._lock:
@@ -928,19 +944,29 @@ class JobWatch:
             try:
                 for event in call:  # type: ignore[attr-defined]
                     failures = 0
-                    self._events.put(("job", event.job))
+                    job = event.job
+                    if job.state in render.FINAL_JOB_STATES:
+                        final.add(job.job_id)
+                    else:
+                        final.discard(job.job_id)
+                    self._events.put(("job", job))
             except grpc.RpcError as exc:
-                if self._stop.is_set() or exc.code() == grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+                code = exc.code()  # type: ignore[attr-defined]
+                if self._stop.is_set() or code == grpc.StatusCode.CANCELLED:
                     return
                 problem = self._brain.error(exc)
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+                if code != grpc.StatusCode.UNAVAILABLE:
                     self._events.put(("error", problem))
                     return
+            if problem is None and job_ids and final.issuperset(job_ids):
+                self._events.put(("end", None))
+                return
             failures += 1
             if failures > WATCH_RECONNECT_LIMIT:
-                self._events.put(
-                    ("error", problem or CtlError("the Brain kept ending the watch"))
+                problem = problem or CtlError(
+                    f"the Brain at {self._brain.url} kept ending the watch"
                 )
+                self._events.put(("error", problem))
                 return
             self._stop.wait(min(0.25 * 2**failures, WATCH_RECONNECT_MAX_DELAY_S))
 

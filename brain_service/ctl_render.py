@@ -352,7 +352,7 @@ class WatchDisplay:
         self._job_ids = list(job_ids)
         self._live = console.is_terminal
         self._per_job = 0 < len(job_ids) <= self.PER_JOB_BAR_LIMIT
-        self._seen: dict[str, tuple[int, int, str]] = {}
+        self._seen: dict[str, tuple[int, int, bool]] = {}
         self._tasks: dict[str, TaskID] = {}
         self._progress = Progress(
             TextColumn("{task.description}"),
@@ -414,7 +414,8 @@ class WatchDisplay:
 
     def changed(self, job: common_pb2.Job) -> None:
         """Note one event; off a terminal, print it when something moved."""
-        key = (job.state, job.steps_done, _job_note(job))
+        # Pending reasons change with every claim elsewhere; only moves count.
+        key = (job.state, job.steps_done, job.cancel_requested)
         if self._seen.get(job.job_id) == key:
             return
         self._seen[job.job_id] = key
