@@ -24,7 +24,7 @@ proto: $(STAMP)
 		$(PROTOS)
 
 proto-check: $(STAMP)
-	$(BIN)/python -m pytest -q tests/test_generated_stubs.py
+	$(BIN)/python -m pytest -q tests/test_architecture.py -k generated_stubs
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

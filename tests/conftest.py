@@ -27,3 +27,13 @@ def make_brain(tmp_path: Path) -> Iterator[Callable[..., BrainProcess]]:
 def brain(make_brain: Callable[..., BrainProcess]) -> BrainProcess:
     """A fresh Brain on a loopback port with its own SQLite file."""
     return make_brain()
+
+
+@pytest.fixture(scope="module")
+def shared_brain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrainProcess]:
+    """One Brain for a module whose tests leave no state the others read."""
+    brain = BrainProcess(tmp_path_factory.mktemp("shared-brain"))
+    brain.migrate()
+    brain.start()
+    yield brain
+    brain.stop()

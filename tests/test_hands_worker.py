@@ -21,9 +21,9 @@ from pathlib import Path
 import grpc
 import pytest
 import structlog
-from barter.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from barter.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hands_service.config import HandsConfig
 from hands_service.dry_run import DryRunExecutor, DryRunRules
 from hands_service.executor import (
@@ -38,6 +38,11 @@ from hands_service.worker import Worker
 pytestmark = pytest.mark.timeout(20)
 
 HANDS = Path(sys.executable).with_name("barter-hands")
+
+
+@pytest.fixture(autouse=True)
+def _default_structlog():
+    structlog.reset_defaults()
 
 
 def capture_logs():
@@ -674,5 +679,57 @@ def test_sigterm_drains_a_real_barter_hands_process(tmp_path):
         events = [json.loads(line)["event"] for line in stderr.decode().splitlines()]
         assert events.index("worker_draining") < events.index("job_completed")
         assert events[-1] == "worker_stopped"
+
+    run(scenario)
+
+
+def test_progress_survives_a_brain_restart_within_the_lease():
+    """A Brain restart mid-job: the stream reopens and the job still completes."""
+
+    async def scenario():
+        peer = PeerBrain(lease_ttl_s=3.0)
+        server, port = await start_server(peer)
+        peer.add_job(accounts=["alice", "bob", "carol"])
+        worker = Worker(make_config(port), DryRunExecutor(delay_s=0.3))
+        task = asyncio.create_task(worker.run())
+        with capture_logs() as events:
+            await wait_until(lambda: any(u.results for _, u in peer.updates))
+            await server.stop(0)
+            await asyncio.sleep(0.5)
+            server, _ = await start_server(peer, port)
+            await wait_until(lambda: peer.completions)
+        assert await stop_worker(worker, task) == 0
+        await server.stop(0)
+
+        assert sorted({r.step_index for r in peer.results()}) == [0, 1, 2]
+        assert peer.completions[0].outcome == jobs_pb2.OUTCOME_SUCCEEDED
+        assert any(e["event"] == "brain_unreachable" for e in events)
+        assert not any(e["event"] == "lease_lost" for e in events)
+
+    run(scenario)
+
+
+def test_a_deadline_passed_without_renewal_drops_the_job_uncompleted():
+    """Brain gone past the lease deadline: the job is dropped, then claiming resumes."""
+
+    async def scenario():
+        peer = PeerBrain(lease_ttl_s=0.6)
+        server, port = await start_server(peer)
+        peer.add_job(accounts=["alice", "bob", "carol"])
+        worker = Worker(make_config(port), DryRunExecutor(delay_s=0.1))
+        task = asyncio.create_task(worker.run())
+        with capture_logs() as events:
+            await wait_until(lambda: any(u.results for _, u in peer.updates))
+            await server.stop(0)
+            await wait_until(lambda: any(e["event"] == "lease_lost" for e in events))
+            claims_before = len(peer.claims)
+            server, _ = await start_server(peer, port)
+            await wait_until(lambda: len(peer.claims) > claims_before)
+        assert await stop_worker(worker, task) == 0
+        await server.stop(0)
+
+        assert peer.completions == []
+        lost = next(e for e in events if e["event"] == "lease_lost")
+        assert lost["reason"] == "deadline_passed"
 
     run(scenario)
