@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(serve(config, port_file=args.port_file))
         return 0
+    except SettingError as exc:
+        log.error("brain_misconfigured", reason=str(exc))
+        return 2
     except BrainError as exc:
         log.error("brain_failed", reason=str(exc))
         return 1

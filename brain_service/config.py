@@ -72,6 +72,32 @@ class BrainConfig:
     secret_key: str = setting(
         "BRAIN_SECRET_KEY", "", "the Fernet key itself (prefer the file)", secret=True
     )
+    hands_api_key: str = setting(
+        "HANDS_API_KEY", "", "key workers present for JobService", secret=True
+    )
+    hands_api_key_file: str = setting(
+        "HANDS_API_KEY_FILE", "", "file holding HANDS_API_KEY (preferred)"
+    )
+    admin_api_key: str = setting(
+        "ADMIN_API_KEY", "", "key operators present for AdminService", secret=True
+    )
+    admin_api_key_file: str = setting(
+        "ADMIN_API_KEY_FILE", "", "file holding ADMIN_API_KEY (preferred)"
+    )
+    tls_cert_file: str = setting(
+        "BRAIN_TLS_CERT_FILE", "", "PEM certificate chain; with the key, serve TLS"
+    )
+    tls_key_file: str = setting("BRAIN_TLS_KEY_FILE", "", "PEM private key for TLS")
+    tls_client_ca_file: str = setting(
+        "BRAIN_TLS_CLIENT_CA_FILE",
+        "",
+        "PEM CA bundle; when set, clients must present a certificate it signed",
+    )
+    allow_insecure: bool = setting(
+        "BRAIN_ALLOW_INSECURE",
+        False,
+        "serve plaintext on a non-loopback address (sessions cross the wire!)",
+    )
     max_concurrent_polls: int = setting(
         "BRAIN_MAX_CONCURRENT_POLLS", 2000, "long-polls held at once before refusing"
     )

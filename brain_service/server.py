@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import signal
 from pathlib import Path
@@ -13,9 +14,11 @@ from grpc_reflection.v1alpha import reflection
 
 from barter.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from brain_service.api import AdminApi, Hub, JobApi, utcnow
+from brain_service.auth import KeyCheck, read_key
 from brain_service.config import BrainConfig
 from brain_service.errors import BrainError
 from brain_service.schema import require_current
+from brain_service.settings import SettingError
 from brain_service.store import Store
 from brain_service.vault import Vault
 
@@ -45,6 +48,49 @@ async def _sweep(hub: Hub) -> None:
         await asyncio.sleep(hub.config.sweep_interval_s)
 
 
+def is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_credentials(config: BrainConfig) -> grpc.ServerCredentials | None:
+    """TLS (mutual when a client CA is set), or None for plaintext."""
+    if bool(config.tls_cert_file) != bool(config.tls_key_file):
+        raise SettingError("BRAIN_TLS_CERT_FILE and BRAIN_TLS_KEY_FILE go together")
+    if not config.tls_cert_file:
+        if config.tls_client_ca_file:
+            raise SettingError("BRAIN_TLS_CLIENT_CA_FILE needs BRAIN_TLS_CERT_FILE")
+        if not is_loopback(config.listen) and not config.allow_insecure:
+            raise SettingError(
+                f"BRAIN_LISTEN: {config.listen} is not loopback; account sessions "
+                "cross the wire, so set BRAIN_TLS_CERT_FILE and BRAIN_TLS_KEY_FILE "
+                "(or BRAIN_ALLOW_INSECURE=1 if something else encrypts the link)"
+            )
+        return None
+    try:
+        pair = (
+            Path(config.tls_key_file).read_bytes(),
+            Path(config.tls_cert_file).read_bytes(),
+        )
+        client_ca = (
+            Path(config.tls_client_ca_file).read_bytes()
+            if config.tls_client_ca_file
+            else None
+        )
+    except OSError as exc:
+        raise SettingError(f"TLS file {exc.filename}: {exc.strerror}") from None
+    return grpc.ssl_server_credentials(
+        [pair],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 def _write_port_file(path: str, port: int) -> None:
     # Written then renamed so that a reader never sees a half-written port.
     tmp = Path(f"{path}.tmp")
@@ -54,11 +100,17 @@ def _write_port_file(path: str, port: int) -> None:
 
 async def serve(config: BrainConfig, port_file: str = "") -> None:
     """Serve until SIGTERM or SIGINT, then drain and return."""
+    credentials = server_credentials(config)
+    keys = KeyCheck(
+        read_key(config.hands_api_key, config.hands_api_key_file, "HANDS_API_KEY"),
+        read_key(config.admin_api_key, config.admin_api_key_file, "ADMIN_API_KEY"),
+    )
     store = open_store(config)
     require_current(store.engine)
     hub = Hub(store, config)
 
     server = grpc.aio.server(
+        interceptors=[keys],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -66,7 +118,7 @@ async def serve(config: BrainConfig, port_file: str = "") -> None:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ("grpc.http2.max_pings_without_data", 0),
-        ]
+        ],
     )
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobApi(hub), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminApi(hub), server)
@@ -76,14 +128,25 @@ async def serve(config: BrainConfig, port_file: str = "") -> None:
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
 
-    port = server.add_insecure_port(config.listen)
+    if credentials is None:
+        port = server.add_insecure_port(config.listen)
+    else:
+        port = server.add_secure_port(config.listen, credentials)
     if port == 0:
         raise BrainError(f"BRAIN_LISTEN: cannot listen on {config.listen}")
     await server.start()
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = config.listen.rsplit(":", 1)[0]
-    log.info("brain_started", listen=f"{host}:{port}", pid=os.getpid())
+    log.info(
+        "brain_started",
+        listen=f"{host}:{port}",
+        pid=os.getpid(),
+        tls="mutual" if config.tls_client_ca_file else bool(credentials),
+        keys_required=keys.enabled,
+    )
+    if not keys.enabled:
+        log.warning("keys_not_set", hint="set HANDS_API_KEY and ADMIN_API_KEY")
     if port_file:
         _write_port_file(port_file, port)
 

@@ -26,7 +26,9 @@ def test_import_contracts_hold():
 
 
 def _requirement_name(requirement: str) -> str:
-    return re.split(r"[ ;<>=!~\[(]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+    return (
+        re.split(r"[ ;<>=!~\[(]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+    )
 
 
 def _closure(extra: str) -> set[str]:
@@ -47,9 +49,7 @@ def _closure(extra: str) -> set[str]:
             requires = metadata.distribution(name).requires or []
         except metadata.PackageNotFoundError:
             continue
-        wanted.extend(
-            _requirement_name(r) for r in requires if "extra ==" not in r
-        )
+        wanted.extend(_requirement_name(r) for r in requires if "extra ==" not in r)
     return seen
 
 
@@ -72,7 +72,9 @@ def test_each_service_installs_without_the_others_dependencies(
 def test_generated_stubs_match_the_protos(tmp_path):
     """Regenerating from protos/ reproduces generated/ byte for byte."""
     env_path = f"{BIN}:{__import__('os').environ.get('PATH', '')}"
-    protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "protos").rglob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / "protos").rglob("*.proto")
+    )
     subprocess.run(
         [
             sys.executable,
@@ -92,7 +94,9 @@ def test_generated_stubs_match_the_protos(tmp_path):
         timeout=60,
     )
     fresh = {
-        p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
+        p.relative_to(tmp_path): p.read_bytes()
+        for p in tmp_path.rglob("*")
+        if p.is_file()
     }
     committed = {
         p.relative_to(ROOT / "generated"): p.read_bytes()

@@ -51,8 +51,7 @@ CASES = [
         "admin",
         "SubmitJobs",
         admin_pb2.SubmitJobsRequest(
-            jobs=[admin_pb2.JobSpec(action=FOLLOW, target="t", tier="free_test")]
-            * 1001
+            jobs=[admin_pb2.JobSpec(action=FOLLOW, target="t", tier="free_test")] * 1001
         ),
         "jobs",
     ),
@@ -99,7 +98,12 @@ CASES = [
         jobs_pb2.ClaimJobRequest(worker_id="w", wait=Duration(seconds=-1)),
         "wait",
     ),
-    ("jobs", "ClaimJob", jobs_pb2.ClaimJobRequest(worker_id="w", max_jobs=65), "max_jobs"),
+    (
+        "jobs",
+        "ClaimJob",
+        jobs_pb2.ClaimJobRequest(worker_id="w", max_jobs=65),
+        "max_jobs",
+    ),
     ("jobs", "CompleteJob", complete(job_id=""), "job_id"),
     ("jobs", "CompleteJob", complete(job_id="123"), "job_id"),
     ("jobs", "CompleteJob", complete(lease_token="abc"), "lease_token"),
@@ -107,7 +111,12 @@ CASES = [
     ("jobs", "CompleteJob", complete(outcome=0), "outcome"),
     ("jobs", "CompleteJob", complete(outcome=17), "outcome"),
     ("jobs", "CompleteJob", complete(error_message="e" * 1001), "error_message"),
-    ("jobs", "CompleteJob", complete(results=[step(step_index=-1)]), "results[0].step_index"),
+    (
+        "jobs",
+        "CompleteJob",
+        complete(results=[step(step_index=-1)]),
+        "results[0].step_index",
+    ),
     ("jobs", "CompleteJob", complete(results=[step(outcome=0)]), "results[0].outcome"),
     (
         "jobs",

@@ -15,10 +15,14 @@ from barter.v1 import admin_pb2, common_pb2, jobs_pb2
 def claim(brain, worker_id="w1", wait_s=0.0, max_jobs=1):
     wait = Duration()
     wait.FromMilliseconds(int(wait_s * 1000))
-    return brain.jobs().ClaimJob(
-        jobs_pb2.ClaimJobRequest(worker_id=worker_id, wait=wait, max_jobs=max_jobs),
-        timeout=wait_s + 10,
-    ).jobs
+    return (
+        brain.jobs()
+        .ClaimJob(
+            jobs_pb2.ClaimJobRequest(worker_id=worker_id, wait=wait, max_jobs=max_jobs),
+            timeout=wait_s + 10,
+        )
+        .jobs
+    )
 
 
 def done(job, outcome=common_pb2.STEP_OUTCOME_DONE):
