@@ -143,6 +143,10 @@ class Hub:
         if reclaimed:
             self.job_changed(claimable=None)
 
+    def on_peer_note(self, kind: str, count: int) -> None:
+        """Another replica changed a job (PostgreSQL LISTEN/NOTIFY)."""
+        self.job_changed(claimable=(count or None) if kind == "work" else 0)
+
     def stop(self) -> None:
         """Release every long-poll and watch so that shutdown is not held up."""
         self.stopping = True
@@ -191,6 +195,9 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
                     log.debug("claim_empty", worker_id=worker_id)
                     return jobs_pb2.ClaimJobResponse()
                 timeout = remaining
+                if hub.store.is_postgres:
+                    # A peer's notification can be lost with its connection.
+                    timeout = min(timeout, hub.config.fallback_check_s)
                 if claim.next_due_at is not None:
                     due_in = (claim.next_due_at - now).total_seconds()
                     # Floor: rows another replica holds locked look due but

@@ -46,6 +46,12 @@ class BrainConfig:
         10.0,
         "how soon a job that found too few free accounts is looked at again",
     )
+    fallback_check_s: float = setting(
+        "BRAIN_FALLBACK_CHECK_S",
+        2.0,
+        "with several replicas, how often a long-poll looks for work it was "
+        "not told about",
+    )
     sweep_interval_s: float = setting(
         "BRAIN_SWEEP_INTERVAL_S", 1.0, "how often expired leases are reclaimed"
     )

@@ -62,13 +62,20 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 ENVIRONMENT_HELP = f"""\
-environment:
-  BRAIN_URL            Brain address host:port (default {DEFAULT_BRAIN_URL});
-                       --brain wins
-  ADMIN_API_KEY        admin bearer key, sent as 'authorization: Bearer ...'
-                       (default: unset, no key sent); --admin-key wins
-  BARTERCTL_TIMEOUT_S  seconds to wait for each reply (default {DEFAULT_TIMEOUT_S:g});
-                       --timeout-s wins
+environment (a flag, where there is one, wins):
+  BRAIN_URL                  Brain address host:port, or https://host:port for
+                             TLS (default {DEFAULT_BRAIN_URL}); --brain
+  ADMIN_API_KEY              admin bearer key, sent as 'authorization: Bearer ...'
+                             (default: unset, no key sent); --admin-key
+  ADMIN_API_KEY_FILE         file holding the admin key; preferred over
+                             ADMIN_API_KEY (default: unset)
+  BARTERCTL_TIMEOUT_S        seconds to wait for each reply (default
+                             {DEFAULT_TIMEOUT_S:g}); --timeout-s
+  BRAIN_TLS_CA_FILE          PEM CA that signed the Brain's certificate; setting
+                             it turns TLS on (default: unset, plaintext unless
+                             https://; with https://, the system's roots)
+  BRAIN_TLS_CLIENT_CERT_FILE PEM client certificate for mutual TLS (default: unset)
+  BRAIN_TLS_CLIENT_KEY_FILE  PEM key of that certificate (default: unset)
 
 exit status:
   0  done
@@ -163,6 +170,15 @@ def brain_error(exc: grpc.RpcError, brain_url: str, timeout_s: float) -> CtlErro
 
 
 @dataclass(frozen=True)
+class Tls:
+    """Client TLS material; `ca` empty means the system's trusted roots."""
+
+    ca: bytes = b""
+    client_cert: bytes = b""
+    client_key: bytes = b""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Global options, resolved from flags, then environment, then defaults."""
 
@@ -170,19 +186,32 @@ class Settings:
     admin_key: str
     json: bool
     timeout_s: float
+    # None: plaintext, as on loopback.
+    tls: Tls | None = None
 
 
-def _grpc_target(brain_url: str) -> str:
-    """host:port from BRAIN_URL, which may carry a grpc:// or http:// scheme."""
-    for scheme in ("grpc://", "http://"):
+def _grpc_target(brain_url: str) -> tuple[str, bool]:
+    """host:port from BRAIN_URL, and whether its scheme (https://) asks for TLS."""
+    for scheme, tls in (("grpc://", False), ("http://", False), ("https://", True)):
         if brain_url.startswith(scheme):
-            return brain_url.removeprefix(scheme).rstrip("/")
+            return brain_url.removeprefix(scheme).rstrip("/"), tls
     if "://" in brain_url:
         raise UsageError(
-            f"--brain {brain_url!r}: barterctl speaks plaintext gRPC only; "
-            "give host:port"
+            f"--brain {brain_url!r}: give host:port, or https://host:port for TLS"
         )
-    return brain_url
+    return brain_url, False
+
+
+def _channel(settings: Settings) -> grpc.Channel:
+    target, _ = _grpc_target(settings.brain_url)
+    if settings.tls is None:
+        return grpc.insecure_channel(target)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=settings.tls.ca or None,
+        private_key=settings.tls.client_key or None,
+        certificate_chain=settings.tls.client_cert or None,
+    )
+    return grpc.secure_channel(target, credentials)
 
 
 class Brain:
@@ -194,7 +223,7 @@ class Brain:
         self._metadata: tuple[tuple[str, str], ...] = ()
         if settings.admin_key:
             self._metadata = (("authorization", f"Bearer {settings.admin_key}"),)
-        self._channel = grpc.insecure_channel(_grpc_target(settings.brain_url))
+        self._channel = _channel(settings)
         self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def close(self) -> None:
@@ -1001,7 +1030,8 @@ def _global_options() -> argparse.ArgumentParser:
         "--brain",
         metavar="URL",
         default=argparse.SUPPRESS,
-        help=f"Brain address host:port [env BRAIN_URL, default {DEFAULT_BRAIN_URL}]",
+        help="Brain address host:port, or https://host:port for TLS "
+        f"[env BRAIN_URL, default {DEFAULT_BRAIN_URL}]",
     )
     group.add_argument(
         "--admin-key",
@@ -1269,7 +1299,8 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
     """Flags win over the environment, which wins over the defaults."""
     brain_url = getattr(args, "brain", None) or environ.get("BRAIN_URL") or ""
-    admin_key = getattr(args, "admin_key", None) or environ.get("ADMIN_API_KEY") or ""
+    brain_url = brain_url.strip() or DEFAULT_BRAIN_URL
+    admin_key = getattr(args, "admin_key", None) or _admin_key_from_env(environ)
     timeout_s = getattr(args, "timeout_s", None)
     if timeout_s is None:
         text = environ.get("BARTERCTL_TIMEOUT_S", "")
@@ -1278,11 +1309,53 @@ def resolve_settings(args: argparse.Namespace, environ: dict[str, str]) -> Setti
         except argparse.ArgumentTypeError as exc:
             raise UsageError(f"BARTERCTL_TIMEOUT_S: {exc}") from exc
     return Settings(
-        brain_url=brain_url.strip() or DEFAULT_BRAIN_URL,
+        brain_url=brain_url,
         admin_key=admin_key.strip(),
         json=bool(getattr(args, "json", False)),
         timeout_s=timeout_s,
+        tls=_tls_from_env(environ, https=_grpc_target(brain_url)[1]),
     )
+
+
+def _admin_key_from_env(environ: dict[str, str]) -> str:
+    """ADMIN_API_KEY, or the file ADMIN_API_KEY_FILE names (preferred, as in Brain)."""
+    path = environ.get("ADMIN_API_KEY_FILE", "")
+    if not path:
+        return environ.get("ADMIN_API_KEY", "")
+    return _read_env_file(path, "ADMIN_API_KEY_FILE").decode().strip()
+
+
+def _tls_from_env(environ: dict[str, str], https: bool) -> Tls | None:
+    """TLS when the URL says https:// or any BRAIN_TLS_* file is given."""
+    names = (
+        "BRAIN_TLS_CA_FILE",
+        "BRAIN_TLS_CLIENT_CERT_FILE",
+        "BRAIN_TLS_CLIENT_KEY_FILE",
+    )
+    paths = {name: environ.get(name, "") for name in names}
+    if not https and not any(paths.values()):
+        return None
+    cert, key = paths["BRAIN_TLS_CLIENT_CERT_FILE"], paths["BRAIN_TLS_CLIENT_KEY_FILE"]
+    if bool(cert) != bool(key):
+        raise UsageError(
+            "BRAIN_TLS_CLIENT_CERT_FILE and BRAIN_TLS_CLIENT_KEY_FILE go together"
+        )
+    read = {
+        name: _read_env_file(path, name) if path else b""
+        for name, path in paths.items()
+    }
+    return Tls(
+        ca=read["BRAIN_TLS_CA_FILE"],
+        client_cert=read["BRAIN_TLS_CLIENT_CERT_FILE"],
+        client_key=read["BRAIN_TLS_CLIENT_KEY_FILE"],
+    )
+
+
+def _read_env_file(path: str, env: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{env}: cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:

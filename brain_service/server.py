@@ -5,6 +5,7 @@ import contextlib
 import ipaddress
 import os
 import signal
+import threading
 from pathlib import Path
 
 import grpc
@@ -156,12 +157,26 @@ async def serve(config: BrainConfig, port_file: str = "") -> None:
         loop.add_signal_handler(sig, stop.set)
     sweeper = asyncio.create_task(_sweep(hub), name="lease-sweeper")
     sweeper.add_done_callback(lambda task: _sweeper_died(task, stop))
+    stop_listening = threading.Event()
+    if store.is_postgres:
+        threading.Thread(
+            target=store.listen,
+            args=(
+                lambda kind, count: loop.call_soon_threadsafe(
+                    hub.on_peer_note, kind, count
+                ),
+                stop_listening,
+            ),
+            name="peer-listener",
+            daemon=True,
+        ).start()
 
     await stop.wait()
     log.info("brain_draining", grace_s=config.shutdown_grace_s)
     for name in ("", *SERVICES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     hub.stop()
+    stop_listening.set()
     await server.stop(config.shutdown_grace_s)
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -8,11 +8,13 @@ request agrees on the time.
 
 import base64
 import secrets
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlalchemy import (
     Engine,
@@ -23,6 +25,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -62,6 +65,9 @@ from brain_service.vault import Vault
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
+
+# PostgreSQL channel on which replicas tell each other about job changes.
+NOTIFY_CHANNEL = "barter_jobs"
 
 
 # Validated request values the store accepts.
@@ -235,6 +241,10 @@ def _decode_cursor(token: str, count: int) -> list[str]:
     return parts
 
 
+class NoteHandler(Protocol):
+    def __call__(self, kind: str, count: int) -> None: ...
+
+
 class Store:
     """Jobs, accounts and the action log, behind transition-named methods."""
 
@@ -251,6 +261,46 @@ class Store:
         else:
             self.read_engine = self.engine
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False)
+        # Tells this replica's notifications from its peers'.
+        self.replica_id = secrets.token_hex(4)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self._is_postgres
+
+    def _notify(self, s: Session, kind: str, count: int = 0) -> None:
+        """Tell other replicas, at commit, that work or a change happened."""
+        if self._is_postgres:
+            s.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {
+                    "channel": NOTIFY_CHANNEL,
+                    "payload": f"{kind}:{self.replica_id}:{count}",
+                },
+            )
+
+    def listen(self, on_note: "NoteHandler", stop: threading.Event) -> None:
+        """Deliver peers' notifications to `on_note(kind, count)` until `stop`.
+
+        Blocks; run it in a thread. Reconnects after errors; a missed note
+        only delays a long-poll until its fallback check.
+        """
+        import psycopg
+
+        conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        while not stop.is_set():
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    while not stop.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            kind, replica, count = note.payload.split(":")
+                            if replica != self.replica_id:
+                                on_note(kind, int(count))
+            except psycopg.Error:
+                stop.wait(1.0)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -353,6 +403,7 @@ class Store:
                 if spec.idempotency_key:
                     known[spec.idempotency_key] = job
                 results.append((JobView(job), True))
+            self._notify(s, "work", sum(1 for _, created in results if created))
         return results
 
     def claim_jobs(self, worker_id: str, max_jobs: int, now: datetime) -> Claim:
@@ -573,6 +624,7 @@ class Store:
             )
             self._end_lease(s, job, decision, now)
             job.outcome = outcome
+            self._notify(s, "work")
         return Finish(decision.state, decision.available_at, False, decision)
 
     def reclaim_expired(self, now: datetime) -> list[Reclaimed]:
@@ -597,6 +649,8 @@ class Store:
             job.lease_token = None
             job.outcome = None
             reclaimed.append(Reclaimed(job.id, job.attempts, worker_id, decision.state))
+        if reclaimed:
+            self._notify(s, "work")
         return reclaimed
 
     def _end_lease(
@@ -791,6 +845,7 @@ class Store:
             else:
                 raise WrongState(f"job {job_id} is already {job.state}")
             job.updated_at = now
+            self._notify(s, "change")
             return self._job_view(s, job)
 
     def retry_job(self, job_id: str, now: datetime) -> JobView:
@@ -811,6 +866,7 @@ class Store:
             job.pending_reason = ""
             job.last_error_code = job.last_error_message = ""
             job.updated_at = now
+            self._notify(s, "work", 1)
             return self._job_view(s, job)
 
     def get_job(self, job_id: str) -> JobView:
@@ -947,6 +1003,7 @@ class Store:
                 known[item.username] = account
                 rows.append(ImportRow(i, item.username, created=True))
             self._wake_waiting_jobs(s, now)
+            self._notify(s, "work")
         return rows
 
     def reset_account(self, username: str, now: datetime) -> AccountView:
@@ -962,6 +1019,7 @@ class Store:
             account.state_changed_at = now
             account.updated_at = now
             self._wake_waiting_jobs(s, now)
+            self._notify(s, "work")
             s.flush()
             return self._account_views(s, [account], now)[0]
 
@@ -1069,6 +1127,7 @@ class Store:
             )
             if result.rowcount:
                 self._wake_waiting_jobs(s, now)
+                self._notify(s, "work")
             return result.rowcount or 0
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import sqlalchemy
 
 from barter.v1 import admin_pb2, admin_pb2_grpc, common_pb2, jobs_pb2_grpc
 
@@ -31,6 +32,49 @@ FAST_BRAIN_ENV = {
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "debug",
 }
+
+
+# The machine's PostgreSQL; each Brain gets a throwaway database on it.
+PG_SERVER_URL = os.environ.get(
+    "BARTER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def postgres_reachable() -> bool:
+    try:
+        engine = sqlalchemy.create_engine(PG_SERVER_URL)
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except sqlalchemy.exc.OperationalError:
+        return False
+
+
+class ThrowawayDatabase:
+    """A PostgreSQL database made for one test and dropped after it."""
+
+    def __init__(self) -> None:
+        self.name = f"barter_t_{secrets.token_hex(6)}"
+        self._server = sqlalchemy.create_engine(
+            PG_SERVER_URL, isolation_level="AUTOCOMMIT"
+        )
+        with self._server.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{self.name}"')
+        self.url = (
+            sqlalchemy.engine.make_url(PG_SERVER_URL)
+            .set(database=self.name)
+            .render_as_string(hide_password=False)
+        )
+
+    def drop(self) -> None:
+        with self._server.connect() as conn:
+            conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{self.name}' AND pid <> pg_backend_pid()"
+            )
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.name}"')
+        self._server.dispose()
 
 
 def free_port() -> int:
@@ -54,15 +98,16 @@ def wait_for(check: Callable[[], object], timeout_s: float, what: str) -> object
 class BrainProcess:
     """`barter-brain serve` on a loopback port with its own SQLite file."""
 
-    def __init__(self, workdir: Path, **env: str) -> None:
+    def __init__(self, workdir: Path, database_url: str = "", **env: str) -> None:
         self.workdir = workdir
-        self.db_path = workdir / "brain.db"
+        self.database_url = database_url or f"sqlite:///{workdir / 'brain.db'}"
         self.env = {
             **os.environ,
             **FAST_BRAIN_ENV,
-            "DATABASE_URL": f"sqlite:///{self.db_path}",
+            "DATABASE_URL": self.database_url,
             **env,
         }
+        self._engine: sqlalchemy.Engine | None = None
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / "brain.log"
@@ -112,6 +157,9 @@ class BrainProcess:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(sig)
@@ -140,9 +188,12 @@ class BrainProcess:
     def jobs(self) -> jobs_pb2_grpc.JobServiceStub:
         return jobs_pb2_grpc.JobServiceStub(self.channel())
 
-    def db(self) -> sqlite3.Connection:
+    def query(self, sql: str) -> list[tuple]:
         """A raw read of the store, for assertions only."""
-        return sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        if self._engine is None:
+            self._engine = sqlalchemy.create_engine(self.database_url)
+        with self._engine.connect() as conn:
+            return [tuple(row) for row in conn.exec_driver_sql(sql)]
 
 
 class HandsProcess:

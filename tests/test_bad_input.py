@@ -169,8 +169,7 @@ def test_rejected_calls_leave_the_store_unchanged(brain):
     bad = admin_pb2.JobSpec(action=FOLLOW, target="fine", tier="nope")
     with pytest.raises(grpc.RpcError):
         brain.admin().SubmitJobs(admin_pb2.SubmitJobsRequest(jobs=[good, bad]))
-    with brain.db() as db:
-        assert db.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+    assert brain.query("SELECT count(*) FROM jobs") == [(0,)]
 
     (job_id,) = submit(brain, ["target1"])
     (job,) = brain.jobs().ClaimJob(jobs_pb2.ClaimJobRequest(worker_id="w")).jobs
@@ -187,9 +186,8 @@ def test_rejected_calls_leave_the_store_unchanged(brain):
             )
         )
     assert error.value.details().startswith("results[0].account_username:")
-    with brain.db() as db:
-        assert db.execute("SELECT count(*) FROM action_log").fetchone() == (0,)
-        assert db.execute("SELECT state FROM jobs").fetchone() == ("LEASED",)
+    assert brain.query("SELECT count(*) FROM action_log") == [(0,)]
+    assert brain.query("SELECT state FROM jobs") == [("LEASED",)]
 
 
 def test_unknown_ids_are_not_found(brain):

@@ -96,12 +96,11 @@ def test_ten_concurrent_claimers_get_each_of_200_jobs_exactly_once(brain):
     assert not errors
     assert set(claims) == set(job_ids)
     assert max(claims.values()) == 1
-    with brain.db() as db:
-        states = dict(db.execute("SELECT state, count(*) FROM jobs GROUP BY state"))
-        doubled = db.execute(
-            "SELECT job_id, step_index FROM action_log GROUP BY job_id, step_index "
-            "HAVING count(*) > 1"
-        ).fetchall()
+    states = dict(brain.query("SELECT state, count(*) FROM jobs GROUP BY state"))
+    doubled = brain.query(
+        "SELECT job_id, step_index FROM action_log GROUP BY job_id, step_index "
+        "HAVING count(*) > 1"
+    )
     assert states == {"SUCCEEDED": 200}
     assert doubled == []
 
@@ -129,9 +128,7 @@ def test_expired_lease_is_reclaimed_and_the_old_holder_is_fenced_off(make_brain)
     job = get(brain, job_id)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED
     assert [s.account_username for s in job.steps] == [new.steps[0].account_username]
-    with brain.db() as db:
-        rows = db.execute("SELECT worker_id FROM action_log").fetchall()
-    assert rows == [("new",)]
+    assert brain.query("SELECT worker_id FROM action_log") == [("new",)]
 
 
 def test_expired_lease_on_the_last_attempt_fails_the_job_with_the_reason(make_brain):
@@ -168,8 +165,7 @@ def test_progress_renews_the_lease_and_records_each_step_once(make_brain):
     assert not ack.cancel
     view = get(brain, job_id)
     assert view.steps_done == 1 and view.progress_message == "1 of 3"
-    with brain.db() as db:
-        assert db.execute("SELECT count(*) FROM action_log").fetchone() == (1,)
+    assert brain.query("SELECT count(*) FROM action_log") == [(1,)]
 
 
 def test_heartbeats_keep_a_lease_alive_past_its_ttl(make_brain):
@@ -203,8 +199,7 @@ def test_complete_twice_with_the_same_token_succeeds_and_changes_nothing(brain):
 
     assert first.state == second.state == common_pb2.JOB_STATE_SUCCEEDED
     assert before == after
-    with brain.db() as db:
-        assert db.execute("SELECT count(*) FROM action_log").fetchone() == (1,)
+    assert brain.query("SELECT count(*) FROM action_log") == [(1,)]
     with pytest.raises(grpc.RpcError) as different:
         complete(brain, job, outcome=jobs_pb2.OUTCOME_FAILED)
     assert different.value.code() == grpc.StatusCode.FAILED_PRECONDITION
