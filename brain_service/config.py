@@ -28,6 +28,12 @@ class BrainConfig:
         "free_test=1:0,small=3:10,standard=5:20",
         "tiers as name=size:priority, comma separated",
     )
+    sqlite_synchronous: str = setting(
+        "BRAIN_SQLITE_SYNCHRONOUS",
+        "NORMAL",
+        "NORMAL survives any process crash; FULL also survives a power cut, "
+        "at one disk flush per commit",
+    )
     lease_ttl_s: float = setting(
         "BRAIN_LEASE_TTL_S", 30.0, "seconds a lease lasts without renewal"
     )

@@ -61,6 +61,7 @@ from brain_service.outcomes import (
     decide_completion,
     decide_expired,
 )
+from brain_service.settings import SettingError
 from brain_service.vault import Vault
 
 HOUR = timedelta(hours=1)
@@ -195,7 +196,12 @@ class Stats:
     actions_last_hour: int
 
 
-def _sqlite_engine(url: str, immediate: bool) -> Engine:
+def _sqlite_engine(url: str, immediate: bool, synchronous: str = "NORMAL") -> Engine:
+    if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+        raise SettingError(
+            "BRAIN_SQLITE_SYNCHRONOUS: expected NORMAL, FULL or EXTRA, "
+            f"got {synchronous!r}"
+        )
     engine = create_engine(url, connect_args={"timeout": 5.0})
 
     @event.listens_for(engine, "connect")
@@ -204,7 +210,9 @@ def _sqlite_engine(url: str, immediate: bool) -> Engine:
         dbapi_conn.isolation_level = None  # type: ignore[attr-defined]
         cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        # In WAL mode NORMAL loses nothing when a process dies; only a power
+        # cut can take back the last commits, which FULL prevents.
+        cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
@@ -218,10 +226,10 @@ def _sqlite_engine(url: str, immediate: bool) -> Engine:
     return engine
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, synchronous: str = "NORMAL") -> Engine:
     """The engine writers use; on SQLite it takes the write lock on BEGIN."""
     if url.startswith("sqlite"):
-        return _sqlite_engine(url, immediate=True)
+        return _sqlite_engine(url, immediate=True, synchronous=synchronous)
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
@@ -252,12 +260,14 @@ class Store:
         self.config = config
         self.tiers = config.tier_table()
         self.vault = vault
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, config.sqlite_synchronous)
         self._is_postgres = self.engine.dialect.name == "postgresql"
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         if url.startswith("sqlite"):
             # Readers in WAL mode never block the writer, so they skip the lock.
-            self.read_engine = _sqlite_engine(url, immediate=False)
+            self.read_engine = _sqlite_engine(
+                url, immediate=False, synchronous=config.sqlite_synchronous
+            )
         else:
             self.read_engine = self.engine
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False)
