@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import Message
 from http import HTTPStatus
 from io import BytesIO
@@ -75,16 +75,21 @@ STORED_SESSIONID = STORED_SETTINGS["authorization_data"]["sessionid"]
 STORED_CSRF = STORED_SETTINGS["cookies"]["csrftoken"]
 NEW_SESSIONID = "1111%3ANeWsEsSiOn9876543210fedcba%3A29%3AAYeNewTail"
 NEW_CSRF = "NewCsrfTokenFromLogin0123456789"
-NEW_AUTHORIZATION = "Bearer IGT:2:" + base64.b64encode(
-    json.dumps({"ds_user_id": "1111", "sessionid": NEW_SESSIONID}).encode()
-).decode()
+NEW_AUTHORIZATION = (
+    "Bearer IGT:2:"
+    + base64.b64encode(
+        json.dumps({"ds_user_id": "1111", "sessionid": NEW_SESSIONID}).encode()
+    ).decode()
+)
 SECRETS = (PASSWORD, STORED_SESSIONID, STORED_CSRF, NEW_SESSIONID, NEW_CSRF)
 
 USERNAMEINFO = API + f"users/{TARGET}/usernameinfo/"
 FRIENDSHIP = API + f"friendships/show/{TARGET_ID}/"
 FOLLOW = API + f"friendships/create/{TARGET_ID}/"
 UNFOLLOW = API + f"friendships/destroy/{TARGET_ID}/"
-LOGIN = CAA + "bloks/async_action/com.bloks.www.bloks.caa.login.async.send_login_request/"
+LOGIN = (
+    CAA + "bloks/async_action/com.bloks.www.bloks.caa.login.async.send_login_request/"
+)
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,10 @@ def password_key_reply() -> Reply:
         body={"status": "ok"},
         headers=(
             ("ig-set-password-encryption-key-id", "41"),
-            ("ig-set-password-encryption-pub-key", base64.b64encode(PASSWORD_KEY_PEM).decode()),
+            (
+                "ig-set-password-encryption-pub-key",
+                base64.b64encode(PASSWORD_KEY_PEM).decode(),
+            ),
         ),
     )
 
@@ -127,7 +135,9 @@ def login_success_reply() -> Reply:
         "headers": json.dumps({"IG-Set-Authorization": NEW_AUTHORIZATION}),
         "cookies": f"Set-Cookie: sessionid={NEW_SESSIONID}; csrftoken={NEW_CSRF}",
     }
-    action = "(bk.action.caa.HandleLoginResponse, " + json.dumps(json.dumps(payload)) + ")"
+    action = (
+        "(bk.action.caa.HandleLoginResponse, " + json.dumps(json.dumps(payload)) + ")"
+    )
     return Reply(body={"layout": {"bloks_payload": {"action": action}}, "status": "ok"})
 
 
@@ -185,14 +195,20 @@ class CannedInstagram(BaseAdapter):
             queue = self.routes.get((request.method, url))
             if urlsplit(url).hostname not in INSTAGRAM_HOSTS or not queue:
                 self.unexpected.append(f"{request.method} {request.url}")
-                raise requests.ConnectionError(f"no canned reply for {url}", request=request)
+                raise requests.ConnectionError(
+                    f"no canned reply for {url}", request=request
+                )
             reply = queue.pop(0) if len(queue) > 1 else queue[0]
         if reply.hang:
             self.release.wait(timeout=30)
-            raise requests.ConnectionError("released at the end of the test", request=request)
+            raise requests.ConnectionError(
+                "released at the end of the test", request=request
+            )
         if reply.honour_timeout:
             time.sleep(timeout[1] if isinstance(timeout, tuple) else timeout)
-            raise requests.ReadTimeout(f"read timed out after {timeout}s", request=request)
+            raise requests.ReadTimeout(
+                f"read timed out after {timeout}s", request=request
+            )
         if reply.error is not None:
             raise reply.error(request)
         return self._response(request, reply)
@@ -200,7 +216,9 @@ class CannedInstagram(BaseAdapter):
     def close(self) -> None:
         pass
 
-    def _response(self, request: requests.PreparedRequest, reply: Reply) -> requests.Response:
+    def _response(
+        self, request: requests.PreparedRequest, reply: Reply
+    ) -> requests.Response:
         """A real Response, assembled the way requests' HTTPAdapter does it."""
         if isinstance(reply.body, str):
             body = reply.body.encode()
@@ -269,7 +287,9 @@ def instagram() -> Iterator[CannedInstagram]:
 
 
 @pytest.fixture
-def make_executor(instagram: CannedInstagram) -> Iterator[Callable[..., InstagramExecutor]]:
+def make_executor(
+    instagram: CannedInstagram,
+) -> Iterator[Callable[..., InstagramExecutor]]:
     executors: list[InstagramExecutor] = []
 
     def make(**options: Any) -> InstagramExecutor:
@@ -311,11 +331,17 @@ def new_job(job_id: str = "job-1") -> JobContext:
     return JobContext(job_id=job_id, target=TARGET)
 
 
-def follow(executor: InstagramExecutor, account: AccountSession | None = None, job: JobContext | None = None) -> StepReport:
+def follow(
+    executor: InstagramExecutor,
+    account: AccountSession | None = None,
+    job: JobContext | None = None,
+) -> StepReport:
     return asyncio.run(executor.follow(job or new_job(), account or donor()))
 
 
-def unfollow(executor: InstagramExecutor, account: AccountSession | None = None) -> StepReport:
+def unfollow(
+    executor: InstagramExecutor, account: AccountSession | None = None
+) -> StepReport:
     return asyncio.run(executor.unfollow(new_job(), account or donor()))
 
 
@@ -330,14 +356,20 @@ def serve_target(
 
 def serve_login(instagram: CannedInstagram, login: Reply | None = None) -> None:
     """Canned replies for instagrapi's whole CAA password login."""
-    instagram.on("POST", "https://b.i.instagram.com/graphql_www", canned("usdid_registered"))
+    instagram.on(
+        "POST", "https://b.i.instagram.com/graphql_www", canned("usdid_registered")
+    )
     instagram.on(
         "POST",
         CAA + "bloks/async_action/com.bloks.www.bloks.caa.login."
         "process_client_data_and_redirect/",
         canned("caa_client_data"),
     )
-    instagram.on("POST", CAA + "attestation/create_android_keystore/", canned("attestation_keystore"))
+    instagram.on(
+        "POST",
+        CAA + "attestation/create_android_keystore/",
+        canned("attestation_keystore"),
+    )
     instagram.on(
         "POST",
         CAA + "bloks/async_action/com.bloks.www.caa.login.oauth.token.fetch.async/",
@@ -349,7 +381,9 @@ def serve_login(instagram: CannedInstagram, login: Reply | None = None) -> None:
     instagram.on("POST", API + "feed/timeline/", canned("timeline"))
 
 
-def assert_report(report: StepReport, outcome: StepOutcome, error_code: str = "") -> None:
+def assert_report(
+    report: StepReport, outcome: StepOutcome, error_code: str = ""
+) -> None:
     assert (report.outcome, report.error_code) == (outcome, error_code), report
     assert len(report.error_code) <= 64
     assert len(report.error_message) <= 1000
@@ -424,7 +458,10 @@ def test_rejected_session_logs_in_once_and_refreshes_settings(instagram, executo
 
     assert_report(report, StepOutcome.DONE)
     assert len(instagram.calls("POST", LOGIN)) == 1
-    assert authorization_of(instagram.calls("POST", FOLLOW)[0])["sessionid"] == NEW_SESSIONID
+    assert (
+        authorization_of(instagram.calls("POST", FOLLOW)[0])["sessionid"]
+        == NEW_SESSIONID
+    )
     [refreshed] = executor.take_refreshed_sessions()
     assert refreshed.username == DONOR
     assert refreshed.password == ""
@@ -443,7 +480,9 @@ def test_refreshed_settings_coming_back_keep_the_client(instagram, executor):
     follow(executor)
     [refreshed] = executor.take_refreshed_sessions()
 
-    report = follow(executor, donor(settings=json.loads(refreshed.settings)), new_job("job-2"))
+    report = follow(
+        executor, donor(settings=json.loads(refreshed.settings)), new_job("job-2")
+    )
 
     assert_report(report, StepOutcome.DONE)
     assert len(instagram.clients) == 1
@@ -484,11 +523,17 @@ def test_new_account_gets_a_device_identity_and_logs_in(instagram, executor):
     [refreshed] = executor.take_refreshed_sessions()
     settings = json.loads(refreshed.settings)
     assert settings["authorization_data"]["sessionid"] == NEW_SESSIONID
-    device_ids = {r.headers["X-IG-Device-ID"] for r in instagram.seen if "X-IG-Device-ID" in r.headers}
+    device_ids = {
+        r.headers["X-IG-Device-ID"]
+        for r in instagram.seen
+        if "X-IG-Device-ID" in r.headers
+    }
     assert device_ids == {settings["uuids"]["uuid"]}
 
 
-def test_new_account_without_password_still_gets_its_device_identity(instagram, executor):
+def test_new_account_without_password_still_gets_its_device_identity(
+    instagram, executor
+):
     """Without settings or password: owner needed, but the new device ids are kept."""
     report = follow(executor, donor(settings=None, password=""))
 
@@ -529,7 +574,7 @@ def test_pending_follow_request_sends_nothing(instagram, executor):
 
 
 def test_private_target_is_invalid(instagram, executor):
-    """A private target not yet followed is TARGET_INVALID: a follow would be a request."""
+    """An unfollowed private target is invalid: a follow would only be a request."""
     serve_target(instagram, user="user_private")
 
     assert_report(follow(executor), StepOutcome.TARGET_INVALID, "target_private")
@@ -556,7 +601,7 @@ def test_follow_without_effect_is_throttled(instagram, executor):
     serve_target(instagram)
     instagram.on("POST", FOLLOW, canned("follow_ignored"))
 
-    assert_report(follow(executor), StepOutcome.THROTTLED, "follow_not_applied")
+    assert_report(follow(executor), StepOutcome.THROTTLED, "action_not_applied")
 
 
 def test_unfollow_of_followed_target_is_done(instagram, executor):
@@ -591,7 +636,9 @@ CHALLENGES = [
 
 
 def assert_no_challenge_answered(instagram: CannedInstagram) -> None:
-    assert not [r for r in instagram.seen if "challenge" in r.url or "/bloks/apps/" in r.url]
+    assert not [
+        r for r in instagram.seen if "challenge" in r.url or "/bloks/apps/" in r.url
+    ]
 
 
 @pytest.mark.parametrize(("reply", "error_code"), CHALLENGES)
@@ -653,7 +700,9 @@ def test_account_with_problem_gets_a_fresh_client(instagram, executor):
     instagram.on("GET", USERNAMEINFO, canned("challenge_legacy"), canned("user_public"))
     instagram.on("GET", FRIENDSHIP, canned("friendship_following"))
 
-    assert_report(follow(executor), StepOutcome.ACCOUNT_NEEDS_OWNER, "challenge_required")
+    assert_report(
+        follow(executor), StepOutcome.ACCOUNT_NEEDS_OWNER, "challenge_required"
+    )
     assert_report(follow(executor, job=new_job("job-2")), StepOutcome.ALREADY_DONE)
     assert len(instagram.clients) == 2
 
@@ -702,13 +751,30 @@ def test_429s_are_not_retried_by_the_private_transport(instagram, executor):
         (Reply(error=connection_reset), "connection_error"),
         (Reply(body={"status": "ok"}), "unexpected_error"),
     ],
-    ids=["502_html", "503_json", "html_instead_of_json", "connection_reset", "reply_without_user"],
+    ids=[
+        "502_html",
+        "503_json",
+        "html_instead_of_json",
+        "connection_reset",
+        "reply_without_user",
+    ],
 )
 def test_transient_trouble_on_lookup(instagram, executor, reply, error_code):
     """5xx, HTML, a reset connection or an odd reply are retried later."""
     instagram.on("GET", USERNAMEINFO, reply)
 
     assert_report(follow(executor), StepOutcome.TRANSIENT, error_code)
+
+
+def test_reply_echoing_the_session_is_scrubbed(instagram, executor):
+    """A reply quoting the session, cookie or password reaches Brain redacted."""
+    echo = f"bad session {STORED_SESSIONID} csrftoken={STORED_CSRF} pw {PASSWORD}"
+    instagram.on("GET", USERNAMEINFO, Reply(400, {"message": echo, "status": "fail"}))
+
+    report = follow(executor)
+
+    assert_report(report, StepOutcome.TRANSIENT, "unknown_instagram_error")
+    assert report.error_message.count("[redacted]") == 3
 
 
 def test_unexpected_error_names_its_type(instagram, executor):
@@ -762,7 +828,9 @@ def test_logs_never_carry_secrets(instagram, make_executor, caplog, capfd):
     executor = make_executor()
     instagram.on("GET", USERNAMEINFO, canned("login_required"), canned("user_public"))
     instagram.on("GET", FRIENDSHIP, canned("friendship_none"))
-    instagram.on("POST", FOLLOW, canned("challenge_legacy"), Reply(error=connection_reset))
+    instagram.on(
+        "POST", FOLLOW, canned("challenge_legacy"), Reply(error=connection_reset)
+    )
     serve_login(instagram)
     caplog.set_level(logging.DEBUG)
 
@@ -783,8 +851,25 @@ def test_logs_never_carry_secrets(instagram, make_executor, caplog, capfd):
         [repr(events), caplog.text, out, err]
         + [r.exc_text or "" for r in caplog.records]
     )
-    sent_authorizations = {r.headers["Authorization"] for r in instagram.seen if "Authorization" in r.headers}
+    sent_authorizations = {
+        r.headers["Authorization"]
+        for r in instagram.seen
+        if "Authorization" in r.headers
+    }
     assert sent_authorizations
     for secret in (*SECRETS, *sent_authorizations):
         assert secret not in logged
         assert unquote(secret) not in logged
+
+
+def test_client_held_by_a_hung_call_is_reported_busy(instagram, make_executor):
+    """While an abandoned call still holds the client, the next step is TRANSIENT."""
+    executor = make_executor(call_timeout_s=0.3, http_timeout_s=30.0)
+    instagram.on("GET", USERNAMEINFO, Reply(hang=True))
+
+    first = follow(executor)
+    second = follow(executor, job=new_job("job-2"))
+
+    assert_report(first, StepOutcome.TRANSIENT, "call_timeout")
+    assert_report(second, StepOutcome.TRANSIENT, "client_busy")
+    assert len(instagram.calls("GET", USERNAMEINFO)) == 1

@@ -7,14 +7,18 @@ import re
 
 import pytest
 import requests
+from curl_cffi.requests import exceptions as curl
 from instagrapi import exceptions as ig
 
 from hands_service.executor import StepOutcome
 from hands_service.instagram_outcomes import (
     OUTCOME_RULES,
+    ActionNotApplied,
     CallTimedOut,
     ClientBusy,
     PasswordMissing,
+    TargetBlocked,
+    TargetPrivate,
     describe,
     outcome_for,
     scrub,
@@ -106,6 +110,11 @@ CASES = [
     ),
     (CallTimedOut("user_follow", 30.0), TRANSIENT, "call_timeout"),
     (ClientBusy("donor_a"), TRANSIENT, "client_busy"),
+    (curl.Timeout("curl timed out"), TRANSIENT, "request_timeout"),
+    (curl.ConnectionError("curl reset"), TRANSIENT, "connection_error"),
+    (TargetPrivate("target_zz"), TARGET_INVALID, "target_private"),
+    (TargetBlocked("target_zz"), TARGET_INVALID, "target_blocked"),
+    (ActionNotApplied("follow"), THROTTLED, "action_not_applied"),
     (ValueError("boom"), TRANSIENT, "unexpected_error"),
 ]
 
