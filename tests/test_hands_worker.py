@@ -35,7 +35,7 @@ from hands_service.executor import (
 )
 from hands_service.worker import Worker
 
-pytestmark = pytest.mark.timeout(20)
+pytestmark = pytest.mark.timeout(10)
 
 HANDS = Path(sys.executable).with_name("barter-hands")
 
@@ -73,6 +73,12 @@ class PeerBrain(jobs_pb2_grpc.JobServiceServicer):
         self.claim_error: grpc.StatusCode | None = None
         self.complete_failures = 0
         self.on_update: Callable[[jobs_pb2.ProgressUpdate], None] | None = None
+        # Authorization header seen per call, e.g. {"ClaimJob": {"Bearer k"}}.
+        self.auth: dict[str, set[str]] = {}
+
+    def _note_auth(self, call: str, context) -> None:
+        headers = dict(context.invocation_metadata())
+        self.auth.setdefault(call, set()).add(headers.get("authorization", ""))
 
     def add_job(
         self,
@@ -104,6 +110,7 @@ class PeerBrain(jobs_pb2_grpc.JobServiceServicer):
 
     async def ClaimJob(self, request, context):
         self.claims.append((time.monotonic(), request))
+        self._note_auth("ClaimJob", context)
         if self.claim_error is not None:
             await context.abort(self.claim_error, "scripted claim error")
         wait_s = request.wait.ToNanoseconds() / 1e9
@@ -123,6 +130,7 @@ class PeerBrain(jobs_pb2_grpc.JobServiceServicer):
         return jobs_pb2.ClaimJobResponse(jobs=[job])
 
     async def StreamProgress(self, request_iterator, context):
+        self._note_auth("StreamProgress", context)
         async for update in request_iterator:
             self.updates.append((time.monotonic(), update))
             token = update.lease_token
@@ -139,6 +147,7 @@ class PeerBrain(jobs_pb2_grpc.JobServiceServicer):
             )
 
     async def CompleteJob(self, request, context):
+        self._note_auth("CompleteJob", context)
         if self.complete_failures > 0:
             self.complete_failures -= 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted outage")
@@ -227,6 +236,28 @@ def test_happy_path_claims_reports_each_step_and_completes_succeeded():
         completed = next(e for e in events if e["event"] == "job_completed")
         assert completed["job_id"] == job_id and completed["attempt"] == 1
         assert completed["worker_id"] == worker.worker_id
+
+    run(scenario)
+
+
+def test_every_call_carries_the_worker_key_as_a_bearer_token():
+    """With HANDS_API_KEY set, claim, progress and complete send it as Bearer."""
+
+    async def scenario():
+        peer = PeerBrain()
+        server, port = await start_server(peer)
+        peer.add_job()
+        worker = Worker(make_config(port, api_key="k-123"), DryRunExecutor(0.01))
+        task = asyncio.create_task(worker.run())
+        await wait_until(lambda: peer.completions)
+        assert await stop_worker(worker, task) == 0
+        await server.stop(0)
+
+        assert peer.auth == {
+            "ClaimJob": {"Bearer k-123"},
+            "StreamProgress": {"Bearer k-123"},
+            "CompleteJob": {"Bearer k-123"},
+        }
 
     run(scenario)
 

@@ -1,0 +1,218 @@
+"""Talking to Brain's JobService: the channel, the three calls, their errors.
+
+Every gRPC failure leaves this module as one of three typed errors, decided
+in `_translate`: `LeaseLost` (the job is no longer ours), `BrainUnavailable`
+(worth retrying after a backoff) or `BrainRejected` (retrying will not help).
+"""
+
+import asyncio
+import random
+from collections.abc import Sequence
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from barter.v1 import jobs_pb2, jobs_pb2_grpc
+from hands_service.config import HandsConfig, HandsError
+
+# A long-poll is held up to its wait; this much more covers the reply's trip.
+CLAIM_GRACE_S = 10.0
+
+_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        # Only the server cancels on its own (e.g. while shutting down); our own
+        # cancellations surface as asyncio.CancelledError instead.
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+class BrainUnavailable(HandsError):
+    """Brain did not answer (down, restarting, overloaded, too slow)."""
+
+
+class LeaseLost(HandsError):
+    """Brain says our lease on the job is stale: stop it and do not complete it."""
+
+
+class BrainRejected(HandsError):
+    """Brain refused the call for a reason a retry will not change."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(f"{code.name}: {details}")
+
+
+def _translate(exc: grpc.aio.AioRpcError) -> HandsError:
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return LeaseLost(details)
+    if code in _RETRYABLE:
+        return BrainUnavailable(f"{code.name}: {details}")
+    return BrainRejected(code, details)
+
+
+class Backoff:
+    """Exponential backoff with full jitter: each delay is uniform in [0, cap]."""
+
+    def __init__(self, initial_s: float, max_s: float) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.failures = 0
+
+    def next_delay_s(self) -> float:
+        """The delay before the next try; the cap doubles on every failure."""
+        cap = min(self.max_s, self.initial_s * 2 ** min(self.failures, 32))
+        self.failures += 1
+        return random.uniform(0, cap)
+
+    def reset(self) -> None:
+        """Start again from the initial delay, after a success."""
+        self.failures = 0
+
+
+def open_channel(config: HandsConfig) -> grpc.aio.Channel:
+    """The one place the channel to Brain is made.
+
+    TODO: TLS (and mutual TLS) is not wired yet; until it is, account
+    sessions cross the wire in clear text, so BRAIN_URL must be loopback.
+    """
+    max_reconnect_ms = int(config.backoff_max_s * 1000)
+    options = [
+        # Pings detect a dead peer during a long-poll that sends nothing. gRPC
+        # sends at most two pings between data frames, which stays inside a
+        # default server's ping policy (no GOAWAY too_many_pings).
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 0),
+        # gRPC's own reconnect backoff grows to 120 s by default; keep it within
+        # ours so a Brain that comes back is found quickly.
+        ("grpc.initial_reconnect_backoff_ms", int(config.backoff_initial_s * 1000)),
+        ("grpc.min_reconnect_backoff_ms", min(max_reconnect_ms, 1_000)),
+        ("grpc.max_reconnect_backoff_ms", max_reconnect_ms),
+    ]
+    return grpc.aio.insecure_channel(config.brain_url, options=options)
+
+
+class ProgressStream:
+    """One job's StreamProgress call: each update is answered by one ack.
+
+    Updates are sent one at a time (the heartbeat and the step loop share the
+    stream). A broken call is dropped and the next update opens a new one.
+    """
+
+    def __init__(
+        self, stub: jobs_pb2_grpc.JobServiceStub, metadata: Sequence[tuple[str, str]]
+    ) -> None:
+        self._stub = stub
+        self._metadata = metadata
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._lock = asyncio.Lock()
+
+    async def send(
+        self, update: jobs_pb2.ProgressUpdate, timeout_s: float
+    ) -> jobs_pb2.ProgressAck:
+        """Send `update` and return its ack, or raise a typed error."""
+        async with self._lock:
+            if self._call is None:
+                self._call = self._stub.StreamProgress(metadata=self._metadata)
+            call = self._call
+            try:
+                return await asyncio.wait_for(self._exchange(call, update), timeout_s)
+            except TimeoutError as exc:
+                self._drop()
+                raise BrainUnavailable(
+                    f"no progress ack within {timeout_s:.1f} s"
+                ) from exc
+            except grpc.aio.AioRpcError as exc:
+                self._drop()
+                raise _translate(exc) from exc
+            except (asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+                self._drop()
+                raise BrainUnavailable(f"progress stream closed: {exc}") from exc
+            except BrainUnavailable:
+                self._drop()
+                raise
+            except asyncio.CancelledError:
+                # A half-finished exchange would pair the next update with this
+                # update's ack; start the next one on a fresh call.
+                self._drop()
+                raise
+
+    @staticmethod
+    async def _exchange(
+        call: grpc.aio.StreamStreamCall, update: jobs_pb2.ProgressUpdate
+    ) -> jobs_pb2.ProgressAck:
+        await call.write(update)
+        ack = await call.read()
+        if ack is grpc.aio.EOF:
+            raise BrainUnavailable("Brain ended the progress stream")
+        return ack
+
+    def _drop(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    async def close(self) -> None:
+        """End the call politely: half-close, let Brain finish, then cancel."""
+        async with self._lock:
+            call, self._call = self._call, None
+        if call is None:
+            return
+        try:
+            await asyncio.wait_for(call.done_writing(), 1.0)
+            await asyncio.wait_for(call.code(), 1.0)
+        except (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass
+        finally:
+            call.cancel()
+
+
+class BrainClient:
+    """JobService as typed calls: claim, stream progress, complete."""
+
+    def __init__(self, channel: grpc.aio.Channel, api_key: str = "") -> None:
+        self._stub = jobs_pb2_grpc.JobServiceStub(channel)
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        )
+
+    async def claim(
+        self, worker_id: str, wait_s: float, max_jobs: int = 1
+    ) -> list[jobs_pb2.ClaimedJob]:
+        """Long-poll up to `wait_s` for jobs; an empty list when none came."""
+        wait = Duration()
+        wait.FromNanoseconds(int(wait_s * 1e9))
+        request = jobs_pb2.ClaimJobRequest(
+            worker_id=worker_id, wait=wait, max_jobs=max_jobs
+        )
+        try:
+            reply = await self._stub.ClaimJob(
+                request, timeout=wait_s + CLAIM_GRACE_S, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
+        return list(reply.jobs)
+
+    def progress_stream(self) -> ProgressStream:
+        """A progress stream for one job; the call opens with its first update."""
+        return ProgressStream(self._stub, self._metadata)
+
+    async def complete(
+        self, request: jobs_pb2.CompleteJobRequest, timeout_s: float
+    ) -> jobs_pb2.CompleteJobResponse:
+        """One CompleteJob call; retrying is the caller's decision."""
+        try:
+            return await self._stub.CompleteJob(
+                request, timeout=timeout_s, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc) from exc
