@@ -40,6 +40,8 @@ SUBMIT_BATCH_MAX = 1000
 IMPORT_BATCH_MAX = 1000
 WATCH_IDS_MAX = 1000
 LIST_PAGE_MAX = 500
+# A submit of more jobs than this shows only the first ones in its table.
+SUBMIT_TABLE_ROWS = 50
 
 # The contract's limits on account input, checked here so that one bad row is
 # skipped instead of failing the whole import.
@@ -51,10 +53,6 @@ SETTINGS_MAX_BYTES = 64 * 1024
 # row before the watch gives up.
 WATCH_RECONNECT_LIMIT = 5
 WATCH_RECONNECT_MAX_DELAY_S = 5.0
-# Watched ids still unseen this long after the watch began are looked up one
-# by one (at most this many), so that an unknown id fails instead of hanging.
-UNSEEN_CHECK_AFTER_S = 2.0
-UNSEEN_CHECK_MAX = 100
 
 EXIT_OK = 0
 EXIT_RPC = 1
@@ -65,8 +63,8 @@ ENVIRONMENT_HELP = f"""\
 environment (a flag, where there is one, wins):
   BRAIN_URL                  Brain address host:port, or https://host:port for
                              TLS (default {DEFAULT_BRAIN_URL}); --brain
-  ADMIN_API_KEY              admin bearer key, sent as 'authorization: Bearer ...'
-                             (default: unset, no key sent); --admin-key
+  ADMIN_API_KEY              admin key, sent as 'authorization: Bearer KEY'
+                             (default: unset, none sent); --admin-key
   ADMIN_API_KEY_FILE         file holding the admin key; preferred over
                              ADMIN_API_KEY (default: unset)
   BARTERCTL_TIMEOUT_S        seconds to wait for each reply (default
@@ -74,7 +72,8 @@ environment (a flag, where there is one, wins):
   BRAIN_TLS_CA_FILE          PEM CA that signed the Brain's certificate; setting
                              it turns TLS on (default: unset, plaintext unless
                              https://; with https://, the system's roots)
-  BRAIN_TLS_CLIENT_CERT_FILE PEM client certificate for mutual TLS (default: unset)
+  BRAIN_TLS_CLIENT_CERT_FILE PEM client certificate for mutual TLS
+                             (default: unset)
   BRAIN_TLS_CLIENT_KEY_FILE  PEM key of that certificate (default: unset)
 
 exit status:
@@ -255,10 +254,18 @@ class Row:
 
     where: str
     values: dict[str, object]
+    # Set when the record is unusable whatever its fields say.
+    error: str = ""
+
+
+STDIN_PATH = Path("-")
 
 
 def _read_text(path: Path) -> str:
+    """The file's text; '-' is standard input."""
     try:
+        if path == STDIN_PATH:
+            return sys.stdin.read().removeprefix("\ufeff")
         return path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
@@ -272,10 +279,12 @@ def _file_format(path: Path, given: str | None) -> str:
     suffix = path.suffix.lower()
     if suffix in (".json", ".csv"):
         return suffix[1:]
+    if path == STDIN_PATH:
+        raise UsageError("reading standard input needs --format json or csv")
     raise UsageError(f"{path}: cannot tell the format from the name; use --format")
 
 
-def _json_list_rows(path: Path, text: str) -> list[Row]:
+def _json_list_rows(path: str, text: str) -> list[Row]:
     """The objects of a top-level JSON list, each with its starting line."""
     try:
         data = json.loads(text)
@@ -289,7 +298,7 @@ def _json_list_rows(path: Path, text: str) -> list[Row]:
     for number, (line, item) in enumerate(_json_list_items(text), start=1):
         where = f"{path}:{line} (item {number})"
         if not isinstance(item, dict):
-            rows.append(Row(where, {"__error__": "expected an object"}))
+            rows.append(Row(where, {}, error="expected an object"))
         else:
             rows.append(Row(where, item))
     return rows
@@ -319,7 +328,7 @@ def _json_list_items(text: str) -> Iterator[tuple[int, object]]:
         pos += 1  # past ','
 
 
-def _csv_rows(path: Path, text: str, allowed: Sequence[str]) -> list[Row]:
+def _csv_rows(path: str, text: str, allowed: Sequence[str]) -> list[Row]:
     """Rows of a CSV file with a header naming some of `allowed`."""
     reader = csv.reader(text.splitlines(keepends=True))
     try:
@@ -342,9 +351,7 @@ def _csv_rows(path: Path, text: str, allowed: Sequence[str]) -> list[Row]:
             if not any(cell.strip() for cell in record):
                 continue
             if len(record) > len(columns):
-                rows.append(
-                    Row(where, {"__error__": "more values than header columns"})
-                )
+                rows.append(Row(where, {}, error="more values than header columns"))
                 continue
             values = {
                 name: cell for name, cell in zip(columns, record, strict=False) if cell
@@ -357,10 +364,18 @@ def _csv_rows(path: Path, text: str, allowed: Sequence[str]) -> list[Row]:
 
 def load_rows(path: Path, fmt: str | None, csv_fields: Sequence[str]) -> list[Row]:
     """The records of a .json or .csv input file, each with its line."""
+    fmt = _file_format(path, fmt)
     text = _read_text(path)
-    if _file_format(path, fmt) == "json":
-        return _json_list_rows(path, text)
-    return _csv_rows(path, text, csv_fields)
+    name = "<stdin>" if path == STDIN_PATH else str(path)
+    if fmt == "json":
+        return _json_list_rows(name, text)
+    return _csv_rows(name, text, csv_fields)
+
+
+def _no_unknown_fields(values: dict[str, object], known: Sequence[str]) -> None:
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown field; expected {', '.join(known)}")
 
 
 def _string_field(values: dict[str, object], name: str, required: bool) -> str:
@@ -376,11 +391,7 @@ def _string_field(values: dict[str, object], name: str, required: bool) -> str:
 
 def job_spec(values: dict[str, object]) -> admin_pb2.JobSpec:
     """A JobSpec from one file record; ValueError names the bad field."""
-    if "__error__" in values:
-        raise ValueError(str(values["__error__"]))
-    unknown = sorted(set(values) - set(JOB_FILE_FIELDS))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown field; expected {JOB_FILE_FIELDS}")
+    _no_unknown_fields(values, JOB_FILE_FIELDS)
     action = _string_field(values, "action", required=False).strip() or "follow"
     if action.lower().removeprefix("action_") not in ACTIONS:
         raise ValueError(f"action: {action!r} is not follow or unfollow")
@@ -411,6 +422,8 @@ def load_job_specs(path: Path, fmt: str | None) -> list[tuple[str, admin_pb2.Job
     problems: list[str] = []
     for row in load_rows(path, fmt, JOB_FILE_FIELDS):
         try:
+            if row.error:
+                raise ValueError(row.error)
             specs.append((row.where, job_spec(row.values)))
         except ValueError as exc:
             problems.append(f"{row.where}: {exc}")
@@ -460,11 +473,7 @@ def check_password(password: str) -> str:
 
 def account_input(values: dict[str, object], base_dir: Path) -> admin_pb2.AccountInput:
     """An AccountInput from one file record; ValueError names the bad field."""
-    if "__error__" in values:
-        raise ValueError(str(values["__error__"]))
-    unknown = sorted(set(values) - set(ACCOUNT_JSON_FIELDS))
-    if unknown:
-        raise ValueError(f"{unknown[0]}: unknown field; expected {ACCOUNT_JSON_FIELDS}")
+    _no_unknown_fields(values, ACCOUNT_JSON_FIELDS)
     username = check_username(_string_field(values, "username", required=True).strip())
     password = check_password(_string_field(values, "password", required=False))
     session_file = _string_field(values, "session_file", required=False).strip()
@@ -536,11 +545,14 @@ def cmd_submit(args: argparse.Namespace, settings: Settings, brain: Brain) -> in
     if args.quiet and not settings.json:
         sys.stdout.write("".join(f"{item.job.job_id}\n" for item in submitted))
         return EXIT_OK
-    _print(settings, response, lambda: render.submitted_table(submitted))
+    shown = submitted[:SUBMIT_TABLE_ROWS]
+    _print(settings, response, lambda: render.submitted_table(shown))
     if not settings.json:
         created = sum(1 for item in submitted if item.created)
+        more = len(submitted) - len(shown)
         render.make_console().print(
             f"{created} created, {len(submitted) - created} already known"
+            + (f"; {more} more not shown (-q or --json lists all)" if more else "")
         )
     return EXIT_OK
 
@@ -670,6 +682,8 @@ def cmd_accounts_import(
     for row in load_rows(path, args.format, ACCOUNT_CSV_FIELDS):
         username = str(row.values.get("username", "")).strip()
         try:
+            if row.error:
+                raise ValueError(row.error)
             account = account_input(row.values, base_dir)
             first = seen.setdefault(account.username.lower(), row.where)
             if first != row.where:
@@ -783,6 +797,9 @@ def cmd_stats(args: argparse.Namespace, settings: Settings, brain: Brain) -> int
 def cmd_jobs_watch(args: argparse.Namespace, settings: Settings, brain: Brain) -> int:
     """Follow jobs as they change; with --until-final, until all are final."""
     job_ids = _watch_ids(args.job_ids)
+    # One plain call first: a wrong address or key fails here at once, where a
+    # stream would be retried as if the Brain were restarting.
+    brain.call("GetStats", admin_pb2.GetStatsRequest())
     if not job_ids and args.until_final:
         job_ids = _unfinished_job_ids(brain)
         if not job_ids:
@@ -911,7 +928,6 @@ class JobWatch:
             self._threads.append(thread)
 
         streams_open = len(chunks)
-        check_unseen_at = time.monotonic() + UNSEEN_CHECK_AFTER_S
         while not (until_final and self.all_final()):
             wait_s = 0.2
             if deadline is not None:
@@ -921,11 +937,6 @@ class JobWatch:
             try:
                 first = self._events.get(timeout=wait_s)
             except queue.Empty:
-                if check_unseen_at and time.monotonic() >= check_unseen_at:
-                    # The stream leaves out ids it does not know; without this
-                    # a mistyped id would keep --until-final waiting forever.
-                    self._require_unseen_exist()
-                    check_unseen_at = 0.0
                 continue
             batch = [first]
             while len(batch) < 1000:
@@ -947,11 +958,6 @@ class JobWatch:
                 yield changed
             if not streams_open:
                 return  # every watched job is final: nothing more can change
-
-    def _require_unseen_exist(self) -> None:
-        """Raise NOT_FOUND for the first watched id the Brain does not know."""
-        for job_id in self.unseen_ids()[:UNSEEN_CHECK_MAX]:
-            self._brain.call("GetJob", admin_pb2.GetJobRequest(job_id=job_id))
 
     def _read_stream(self, job_ids: list[str]) -> None:
         """Feed one stream's events to the queue, reopening it when it drops.
@@ -1142,7 +1148,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--file",
         metavar="PATH",
-        help="jobs from a .json list of objects or a .csv with a header; fields "
+        help="jobs from a .json list of objects or a .csv with a header ('-' is "
+        "stdin, with --format); fields "
         f"{', '.join(JOB_FILE_FIELDS)}; sent in batches of {SUBMIT_BATCH_MAX}",
     )
     submit.add_argument(
@@ -1201,14 +1208,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--until-final",
         action="store_true",
         help="exit 0 with a summary once every watched job is SUCCEEDED, FAILED or "
-        "CANCELLED; without ids, watch the jobs unfinished now "
-        "(default: watch until Ctrl-C)",
+        "CANCELLED; without ids, watch the jobs unfinished now (default: watch "
+        "until Ctrl-C, or until every given job is final)",
     )
     watch.add_argument(
         "--max-wait-s",
         type=_positive_float,
         metavar="S",
-        help="give up after S seconds with exit status 1 (default: no limit)",
+        help="stop after S seconds; with --until-final that is a failure, exit "
+        "status 1 (default: no limit)",
     )
 
     cancel = command(job_commands, "cancel", "cancel a job")
@@ -1258,7 +1266,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="CSV with header username,password,session_file, or a JSON list of "
         "objects with username, password and session_file or settings; "
-        "session_file paths are relative to FILE",
+        "session_file paths are relative to FILE's folder; '-' is stdin, with "
+        "--format",
     )
     importing.add_argument(
         "--format", choices=("json", "csv"), help="file format (default: from suffix)"

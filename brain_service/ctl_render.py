@@ -66,9 +66,18 @@ ACCOUNT_STATE_STYLE = {
 PIPED_CONSOLE_WIDTH = 200
 
 
+class _Console(Console):
+    """A rich Console that leaves a closed pipe to barterctl's main()."""
+
+    def on_broken_pipe(self) -> None:
+        # rich would exit with status 1 here, which barterctl keeps for errors.
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def make_console(stderr: bool = False) -> Console:
     """A console for stdout (or stderr) that does not wrap tables when piped."""
-    console = Console(stderr=stderr, highlight=False)
+    console = _Console(stderr=stderr, highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = PIPED_CONSOLE_WIDTH
     return console

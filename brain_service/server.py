@@ -102,10 +102,18 @@ def _write_port_file(path: str, port: int) -> None:
 async def serve(config: BrainConfig, port_file: str = "") -> None:
     """Serve until SIGTERM or SIGINT, then drain and return."""
     credentials = server_credentials(config)
-    keys = KeyCheck(
-        read_key(config.hands_api_key, config.hands_api_key_file, "HANDS_API_KEY"),
-        read_key(config.admin_api_key, config.admin_api_key_file, "ADMIN_API_KEY"),
+    worker_key = read_key(
+        config.hands_api_key, config.hands_api_key_file, "HANDS_API_KEY"
     )
+    admin_key = read_key(
+        config.admin_api_key, config.admin_api_key_file, "ADMIN_API_KEY"
+    )
+    if bool(worker_key) != bool(admin_key):
+        # One key alone would lock the other role out entirely.
+        raise SettingError("set both HANDS_API_KEY and ADMIN_API_KEY, or neither")
+    if worker_key and worker_key == admin_key:
+        raise SettingError("HANDS_API_KEY and ADMIN_API_KEY must differ")
+    keys = KeyCheck(worker_key, admin_key)
     store = open_store(config)
     require_current(store.engine)
     hub = Hub(store, config)

@@ -6,14 +6,17 @@ in `_translate`: `LeaseLost` (the job is no longer ours), `BrainUnavailable`
 """
 
 import asyncio
+import ipaddress
+import json
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from barter.v1 import jobs_pb2, jobs_pb2_grpc
-from hands_service.config import HandsConfig, HandsError
+from hands_service.config import ConfigError, HandsConfig, HandsError
 
 # A long-poll is held up to its wait; this much more covers the reply's trip.
 CLAIM_GRACE_S = 10.0
@@ -78,12 +81,92 @@ class Backoff:
         self.failures = 0
 
 
-def open_channel(config: HandsConfig) -> grpc.aio.Channel:
-    """The one place the channel to Brain is made.
+# Spread calls over every address the target resolves to, skipping dead ones.
+_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
-    TODO: TLS (and mutual TLS) is not wired yet; until it is, account
-    sessions cross the wire in clear text, so BRAIN_URL must be loopback.
+
+def _split_host(address: str) -> tuple[str, str]:
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"BRAIN_URL {address!r} is not host:port")
+    return host.strip("[]"), port
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def channel_target(brain_url: str) -> tuple[str, list[str]]:
+    """The gRPC target for BRAIN_URL, and the hosts it names.
+
+    One address (or DNS name) is used as it is; a comma list of IPv4
+    addresses becomes one `ipv4:` target so that round-robin spreads calls
+    over the replicas and fails over when one dies.
     """
+    if brain_url.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
+        rest = brain_url.split(":", 1)[1].lstrip("/")
+        hosts = [_split_host(a)[0] for a in rest.split(",") if a]
+        return brain_url, hosts
+    addresses = [a.strip() for a in brain_url.split(",") if a.strip()]
+    if len(addresses) == 1:
+        return addresses[0], [_split_host(addresses[0])[0]]
+    pairs = [_split_host(a) for a in addresses]
+    literal = []
+    for host, port in pairs:
+        host = "127.0.0.1" if host == "localhost" else host
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(
+                f"BRAIN_URL: list replicas as IPv4:port, or use one DNS name that "
+                f"resolves to all of them ({host!r} is neither)"
+            ) from None
+        literal.append(f"{host}:{port}")
+    return "ipv4:" + ",".join(literal), [h for h, _ in pairs]
+
+
+def channel_credentials(config: HandsConfig) -> grpc.ChannelCredentials | None:
+    """TLS credentials from the configured files, or None for plaintext."""
+    if not config.tls_ca_file:
+        if config.tls_cert_file:
+            raise ConfigError("HANDS_TLS_CERT_FILE needs HANDS_TLS_CA_FILE")
+        return None
+    try:
+        ca = Path(config.tls_ca_file).read_bytes()
+        key = Path(config.tls_key_file).read_bytes() if config.tls_key_file else None
+        cert = Path(config.tls_cert_file).read_bytes() if config.tls_cert_file else None
+    except OSError as exc:
+        raise ConfigError(f"TLS file {exc.filename}: {exc.strerror}") from None
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
+def check_connection_settings(config: HandsConfig) -> None:
+    """Raise ConfigError for a target, TLS file or key that cannot work."""
+    open_channel(config, dry=True)
+    config.read_api_key()
+
+
+def open_channel(config: HandsConfig, dry: bool = False) -> grpc.aio.Channel | None:
+    """The one place the channel to Brain is made (`dry`: only check settings)."""
+    target, hosts = channel_target(config.brain_url)
+    credentials = channel_credentials(config)
+    if credentials is None and not config.allow_insecure:
+        remote = [h for h in hosts if not _is_loopback(h)]
+        if remote:
+            raise ConfigError(
+                f"BRAIN_URL: {remote[0]} is not loopback and claims carry account "
+                "sessions; set HANDS_TLS_CA_FILE (or HANDS_ALLOW_INSECURE=1 if "
+                "something else encrypts the link)"
+            )
+    if dry:
+        return None
     max_reconnect_ms = int(config.backoff_max_s * 1000)
     options = [
         # Pings detect a dead peer during a long-poll that sends nothing. gRPC
@@ -97,8 +180,11 @@ def open_channel(config: HandsConfig) -> grpc.aio.Channel:
         ("grpc.initial_reconnect_backoff_ms", int(config.backoff_initial_s * 1000)),
         ("grpc.min_reconnect_backoff_ms", min(max_reconnect_ms, 1_000)),
         ("grpc.max_reconnect_backoff_ms", max_reconnect_ms),
+        ("grpc.service_config", _ROUND_ROBIN),
     ]
-    return grpc.aio.insecure_channel(config.brain_url, options=options)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 class ProgressStream:

@@ -6,6 +6,7 @@ import signal
 import sys
 
 from hands_service import logs
+from hands_service.brain_client import check_connection_settings
 from hands_service.config import (
     ConfigError,
     HandsConfig,
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(flags=args)
         logs.configure(config.log_format, config.log_level)
+        # Settings that only the channel reads are checked before any work.
+        check_connection_settings(config)
         executor = build_executor(config)
     except HandsError as exc:
         print(f"barter-hands: {exc}", file=sys.stderr)

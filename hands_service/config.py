@@ -8,6 +8,7 @@ import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 EXECUTORS = ("dry-run", "instagram")
@@ -30,9 +31,31 @@ def setting(env: str, default: Any, help: str, secret: bool = False) -> Any:
 
 @dataclass(frozen=True)
 class HandsConfig:
-    brain_url: str = setting("BRAIN_URL", "127.0.0.1:50051", "Brain's gRPC host:port")
+    brain_url: str = setting(
+        "BRAIN_URL",
+        "127.0.0.1:50051",
+        "Brain's host:port; several replicas as a comma list of IP:port, or one "
+        "DNS name that resolves to them all (calls are spread and fail over)",
+    )
     api_key: str = setting(
         "HANDS_API_KEY", "", "worker bearer key sent to Brain", secret=True
+    )
+    api_key_file: str = setting(
+        "HANDS_API_KEY_FILE", "", "file holding HANDS_API_KEY (preferred: not in ps)"
+    )
+    tls_ca_file: str = setting(
+        "HANDS_TLS_CA_FILE", "", "PEM CA that signed Brain's certificate; enables TLS"
+    )
+    tls_cert_file: str = setting(
+        "HANDS_TLS_CERT_FILE", "", "PEM client certificate, for mutual TLS"
+    )
+    tls_key_file: str = setting(
+        "HANDS_TLS_KEY_FILE", "", "PEM client private key, for mutual TLS"
+    )
+    allow_insecure: bool = setting(
+        "HANDS_ALLOW_INSECURE",
+        False,
+        "talk plaintext to a non-loopback Brain (sessions cross the wire!)",
     )
     concurrency: int = setting("HANDS_CONCURRENCY", 1, "jobs this process runs at once")
     poll_interval_s: float = setting(
@@ -109,12 +132,33 @@ class HandsConfig:
         for failed, env, reason in problems:
             if failed:
                 raise ConfigError(f"{env} {reason}")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("HANDS_TLS_CERT_FILE and HANDS_TLS_KEY_FILE go together")
         return self
+
+    def read_api_key(self) -> str:
+        """The worker key, from HANDS_API_KEY_FILE when set."""
+        if not self.api_key_file:
+            return self.api_key
+        try:
+            return Path(self.api_key_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"HANDS_API_KEY_FILE cannot be read: {exc.strerror}"
+            ) from None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
 
 
 def _coerce(f: Field, raw: object, origin: str) -> object:
     kind = type(f.default)
     try:
+        if kind is bool and isinstance(raw, str):
+            if raw.strip().lower() not in _TRUE | _FALSE:
+                raise ValueError(raw)
+            return raw.strip().lower() in _TRUE
         return kind(raw)
     except (TypeError, ValueError):
         shown = "<hidden>" if f.metadata["secret"] else repr(raw)

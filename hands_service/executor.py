@@ -80,5 +80,5 @@ class Executor(abc.ABC):
         """
         return []
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release clients and connections."""

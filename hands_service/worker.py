@@ -290,7 +290,7 @@ class Worker:
             )
             channel = open_channel(self.config)
             try:
-                self._client = BrainClient(channel, self.config.api_key)
+                self._client = BrainClient(channel, self.config.read_api_key())
                 exit_code = await self._supervise()
             finally:
                 if self._drain_timer is not None:
