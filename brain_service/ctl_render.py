@@ -400,7 +400,7 @@ class WatchDisplay:
                 job = jobs.get(job_id)
                 if job is None:
                     continue
-                style = JOB_STATE_STYLE.get(job.state, "")
+                style = JOB_STATE_STYLE.get(job.state, "default")
                 state = job_state_name(job.state)
                 self._progress.update(
                     task,

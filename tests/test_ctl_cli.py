@@ -11,12 +11,20 @@ import time
 from pathlib import Path
 
 import pytest
+from certs import make_pki
 from harness import BIN, HandsProcess, free_port
 
 from brain_service import ctl
 
 ADMIN_KEY = "test-admin-key-0123456789"
+HANDS_KEY = "test-hands-key-0123456789"
 CTL_TIMEOUT_S = 60
+
+
+@pytest.fixture
+def store_kind() -> str:
+    """barterctl is tested on SQLite only: the store is not what is under test."""
+    return "sqlite"
 
 
 @pytest.fixture
@@ -34,19 +42,23 @@ def secret_key() -> str:
 @pytest.fixture
 def brain(make_brain, secret_key):
     """A fresh Brain that needs the admin key and can store secrets."""
-    return make_brain(ADMIN_API_KEY=ADMIN_KEY, BRAIN_SECRET_KEY=secret_key)
+    return make_brain(
+        ADMIN_API_KEY=ADMIN_KEY, HANDS_API_KEY=HANDS_KEY, BRAIN_SECRET_KEY=secret_key
+    )
 
 
-def _ctl_env(address: str, key: str | None = ADMIN_KEY) -> dict[str, str]:
+def _ctl_env(address: str, key: str | None = ADMIN_KEY, **extra: str) -> dict[str, str]:
+    """The caller's environment less anything barterctl reads, plus these."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("BRAIN_URL", "ADMIN_API_KEY", "BARTERCTL_TIMEOUT_S", "COLUMNS")
+        if not k.startswith(("BRAIN_", "ADMIN_API_KEY", "BARTERCTL_"))
+        and k != "COLUMNS"
     }
     env["BRAIN_URL"] = address
     if key is not None:
         env["ADMIN_API_KEY"] = key
-    return env
+    return {**env, **extra}
 
 
 def run_ctl(
@@ -55,6 +67,7 @@ def run_ctl(
     stdin: str | None = None,
     key: str | None = ADMIN_KEY,
     cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the installed barterctl; a traceback is always a failure."""
     address = brain if isinstance(brain, str) else brain.address
@@ -63,7 +76,7 @@ def run_ctl(
         input=stdin,
         capture_output=True,
         text=True,
-        env=_ctl_env(address, key),
+        env=_ctl_env(address, key, **(env or {})),
         cwd=cwd,
         timeout=CTL_TIMEOUT_S,
     )
@@ -171,6 +184,15 @@ def test_submit_file_json_and_csv(brain, tmp_path):
     assert len(ids) == 2
     assert ctl_json(brain, "jobs", "get", ids[1])["steps_total"] == 5
 
+    piped = run_ctl(
+        brain, "submit", "--file", "-", "--format", "csv", "-q",
+        stdin=csv_file.read_text(),
+    )  # fmt: skip
+    assert piped.stdout.split() == ids  # the same idempotency keys
+    unformatted = run_ctl(brain, "submit", "--file", "-", stdin="[]")
+    assert unformatted.returncode == 2
+    assert "needs --format" in one_error_line(unformatted)
+
 
 def test_bad_job_file_rows_reported_by_line_and_nothing_sent(brain, tmp_path):
     """Every bad record is named by file line and field; no job is submitted."""
@@ -264,6 +286,20 @@ def test_list_filters_and_pages(brain):
     assert "--page-token" in table.stdout
 
 
+def test_big_file_goes_in_batches_and_list_follows_pages(brain, tmp_path):
+    """2001 jobs go in three SubmitJobs calls; list --limit fetches page after page."""
+    jobs = [{"target": f"bulk_{i}", "tier": "free_test"} for i in range(2001)]
+    path = write_json(tmp_path / "bulk.json", jobs)
+    done = run_ctl(brain, "submit", "--file", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "2001 created" in done.stdout and "1951 more not shown" in done.stdout
+
+    listed = ctl_json(brain, "jobs", "list", "--limit", "2001")
+    assert len({j["job_id"] for j in listed["jobs"]}) == 2001
+    assert listed["next_page_token"] == ""
+    assert int(ctl_json(brain, "stats")["pending"]) == 2001
+
+
 def test_stats_json(brain):
     """stats --json carries the QueueStats fields under their .proto names."""
     ctl_json(brain, "submit", "--target", "stats_target", "--tier", "small")
@@ -278,11 +314,11 @@ def test_stats_json(brain):
 def test_connection_refused_is_one_line_naming_the_url():
     """With nothing listening, barterctl says so in one line naming the address."""
     address = f"127.0.0.1:{free_port()}"
-    done = run_ctl(address, "stats")
-    assert done.returncode == 1
-    assert one_error_line(done) == (
-        f"barterctl: cannot reach the Brain at {address}: connection refused"
-    )
+    expected = f"barterctl: cannot reach the Brain at {address}: connection refused"
+    for command in (["stats"], ["jobs", "watch"], ["jobs", "list"]):
+        done = run_ctl(address, *command)
+        assert done.returncode == 1
+        assert one_error_line(done) == expected
 
 
 def test_flags_win_over_the_environment(brain):
@@ -488,7 +524,12 @@ def test_watch_follows_real_workers_to_the_end(brain, tmp_path):
         {"delay_s": 0.05, "targets": {"no_such_user_zz": "TARGET_INVALID"}},
     )
     hands = HandsProcess(
-        tmp_path, brain, "w1", HANDS_DRY_RUN_RULES=str(rules), HANDS_CONCURRENCY="2"
+        tmp_path,
+        brain,
+        "w1",
+        HANDS_API_KEY=HANDS_KEY,
+        HANDS_DRY_RUN_RULES=str(rules),
+        HANDS_CONCURRENCY="2",
     ).start()
     try:
         done = run_ctl(
@@ -550,7 +591,7 @@ def test_every_help_names_the_environment_and_defaults(command, capsys):
         ["--timeout-s", "-1", "stats"],
         ["submit", "--file", "/nonexistent/jobs.json"],
         ["accounts", "import", "/nonexistent/accounts.txt"],
-        ["--brain", "https://brain.example:443", "stats"],
+        ["--brain", "ftp://brain.example:21", "stats"],
     ],
 )
 def test_usage_errors_exit_2_with_one_line(argv, capsys):
@@ -587,6 +628,40 @@ def test_interrupted_watch_stops_cleanly(brain):
             watcher.wait(5)
     assert watcher.returncode == 0, err
     assert "Traceback" not in err and "0 jobs" in out
+
+
+def test_mutual_tls_brain_with_ca_client_cert_and_key_file(make_brain, tmp_path):
+    """Over mutual TLS, barterctl uses BRAIN_TLS_* files and ADMIN_API_KEY_FILE."""
+    pki = make_pki(tmp_path / "pki")
+    brain = make_brain(
+        ADMIN_API_KEY=ADMIN_KEY,
+        HANDS_API_KEY=HANDS_KEY,
+        BRAIN_TLS_CERT_FILE=str(pki.server_cert),
+        BRAIN_TLS_KEY_FILE=str(pki.server_key),
+        BRAIN_TLS_CLIENT_CA_FILE=str(pki.ca),
+    )
+    key_file = tmp_path / "admin.key"
+    key_file.write_text(ADMIN_KEY + "\n")
+    env = {"ADMIN_API_KEY_FILE": str(key_file)}
+
+    plaintext = run_ctl(brain, "stats", key=None, env=env)
+    assert plaintext.returncode == 1
+    one_error_line(plaintext)
+
+    env["BRAIN_TLS_CA_FILE"] = str(pki.ca)
+    no_client_cert = run_ctl(brain, "stats", key=None, env=env)
+    assert no_client_cert.returncode == 1
+    one_error_line(no_client_cert)
+
+    env["BRAIN_TLS_CLIENT_CERT_FILE"] = str(pki.client_cert)
+    half = run_ctl(brain, "stats", key=None, env=env)
+    assert half.returncode == 2
+    assert "go together" in one_error_line(half)
+
+    env["BRAIN_TLS_CLIENT_KEY_FILE"] = str(pki.client_key)
+    done = run_ctl(brain, "--json", "stats", key=None, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "pending" in json.loads(done.stdout)
 
 
 def test_module_runs_as_a_script():
