@@ -17,8 +17,11 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import (
+    Connection,
     Engine,
+    Row,
     and_,
+    bindparam,
     create_engine,
     event,
     exists,
@@ -66,6 +69,40 @@ from brain_service.vault import Vault
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
+
+_J = Job.__table__
+_S = Step.__table__
+_A = Account.__table__
+_L = ActionLogEntry.__table__
+
+# What a claim reads of each candidate job.
+_CLAIM_COLUMNS = (
+    _J.c.id,
+    _J.c.action,
+    _J.c.target,
+    _J.c.tier,
+    _J.c.size,
+    _J.c.steps_done,
+    _J.c.attempts,
+)
+# What renewal and completion read of a leased job.
+_LEASE_COLUMNS = (
+    _J.c.id,
+    _J.c.state,
+    _J.c.lease_token,
+    _J.c.lease_deadline,
+    _J.c.outcome,
+    _J.c.available_at,
+    _J.c.attempts,
+    _J.c.max_attempts,
+    _J.c.cancel_requested,
+    _J.c.action,
+    _J.c.target,
+    _J.c.tier,
+    _J.c.worker_id,
+    _J.c.size,
+    _J.c.steps_done,
+)
 
 # PostgreSQL channel on which replicas tell each other about job changes.
 NOTIFY_CHANNEL = "barter_jobs"
@@ -132,8 +169,23 @@ class SessionOut:
 
 
 @dataclass(frozen=True)
+class LeasedJob:
+    """A job as a claim hands it out."""
+
+    id: str
+    action: str
+    target: str
+    tier: str
+    size: int
+    steps_done: int
+    attempts: int
+    lease_token: str
+    lease_deadline: datetime
+
+
+@dataclass(frozen=True)
 class ClaimedJob:
-    job: Job
+    job: LeasedJob
     steps: list[StepView]
     sessions: list[SessionOut]
 
@@ -273,6 +325,10 @@ class Store:
         self._reader = sessionmaker(self.read_engine, expire_on_commit=False)
         # Tells this replica's notifications from its peers'.
         self.replica_id = secrets.token_hex(4)
+        # SQLite has one writer. Queueing writers here is far cheaper than
+        # letting them meet at BEGIN IMMEDIATE, where SQLite's busy handler
+        # sleeps in steps of milliseconds.
+        self._write_lock = threading.Lock() if not self._is_postgres else None
 
     @property
     def is_postgres(self) -> bool:
@@ -319,7 +375,10 @@ class Store:
     @contextmanager
     def _transaction(self, write: bool = True) -> Iterator[Session]:
         maker = self._writer if write else self._reader
+        lock = self._write_lock if write else None
         try:
+            if lock is not None:
+                lock.acquire()
             with maker.begin() as session:
                 yield session
         except IntegrityError:
@@ -328,6 +387,9 @@ class Store:
             raise StoreUnavailable(
                 f"store unavailable: {type(exc.orig).__name__}: {exc.orig}"
             ) from exc
+        finally:
+            if lock is not None:
+                lock.release()
 
     def _locked(self, stmt):  # noqa: ANN001, ANN202 - a Select in, a Select out
         """Row locks that concurrent claimers skip, where the store has them."""
@@ -419,6 +481,7 @@ class Store:
     def claim_jobs(self, worker_id: str, max_jobs: int, now: datetime) -> Claim:
         """Lease up to `max_jobs` due jobs whose workforce is free."""
         with self._transaction() as s:
+            conn = s.connection()
             reclaimed = self._reclaim_expired(s, now)
 
             # Why two claimers never get the same job or account: on SQLite
@@ -426,125 +489,258 @@ class Store:
             # BEGIN IMMEDIATE to COMMIT, so nothing else writes in between; on
             # PostgreSQL the job and account rows are locked FOR UPDATE SKIP
             # LOCKED, so a concurrent claimer passes over them instead.
-            candidates = s.scalars(
+            candidates = conn.execute(
                 self._locked(
-                    select(Job)
-                    .where(Job.state == PENDING, Job.available_at <= now)
-                    .order_by(Job.priority.desc(), Job.available_at, Job.created_at)
+                    select(*_CLAIM_COLUMNS)
+                    .where(_J.c.state == PENDING, _J.c.available_at <= now)
+                    .order_by(_J.c.priority.desc(), _J.c.available_at, _J.c.created_at)
                     .limit(max_jobs + 8)
                 )
             ).all()
+            if not candidates:
+                next_due_at = conn.execute(
+                    select(func.min(_J.c.available_at)).where(_J.c.state == PENDING)
+                ).scalar()
+                return Claim([], reclaimed, next_due_at)
 
-            claimed: list[ClaimedJob] = []
-            for job in candidates:
-                if len(claimed) == max_jobs:
-                    break
-                leased = self._lease_job(s, job, worker_id, now)
-                if leased is not None:
-                    claimed.append(leased)
+            open_steps: dict[str, list[int]] = {row.id: [] for row in candidates}
+            for job_id, index in conn.execute(
+                select(_S.c.job_id, _S.c.index)
+                .where(_S.c.job_id.in_(open_steps), _S.c.finished.is_(False))
+                .order_by(_S.c.job_id, _S.c.index)
+            ):
+                open_steps[job_id].append(index)
 
+            claimed = self._lease_jobs(
+                conn, candidates, open_steps, worker_id, max_jobs, now
+            )
             next_due_at = None
             if not claimed:
-                next_due_at = s.scalar(
-                    select(func.min(Job.available_at)).where(Job.state == PENDING)
-                )
+                next_due_at = conn.execute(
+                    select(func.min(_J.c.available_at)).where(_J.c.state == PENDING)
+                ).scalar()
         return Claim(claimed, reclaimed, next_due_at)
 
-    def _lease_job(
-        self, s: Session, job: Job, worker_id: str, now: datetime
-    ) -> ClaimedJob | None:
-        steps = s.scalars(
-            select(Step)
-            .where(Step.job_id == job.id, Step.finished.is_(False))
-            .order_by(Step.index)
-        ).all()
-        accounts = self._free_accounts(s, job, len(steps), now)
-        if len(accounts) < len(steps):
-            job.pending_reason = (
-                f"waiting for accounts: {len(steps)} needed, {len(accounts)} free"
-            )
-            job.available_at = now + timedelta(seconds=self.config.workforce_recheck_s)
-            job.updated_at = now
-            return None
+    def _lease_jobs(
+        self,
+        conn: Connection,
+        candidates: Sequence[Row],
+        open_steps: dict[str, list[int]],
+        worker_id: str,
+        max_jobs: int,
+        now: datetime,
+    ) -> list[ClaimedJob]:
+        """Give each candidate its accounts, in order, until `max_jobs` are leased."""
+        wanted = sum(len(open_steps[row.id]) for row in candidates[:max_jobs])
+        pool = list(self._free_accounts(conn, None, wanted + 8, now))
+        acted = self._acted_on(conn, candidates, [acc.id for acc in pool])
+        taken: set[int] = set()
+        leased: list[tuple[Row, list[Row]]] = []
+        waiting: list[dict] = []
 
-        for step, account in zip(steps, accounts, strict=True):
-            step.account_id = account.id
-            step.updated_at = now
-            account.busy_job_id = job.id
-            if account.state == COOLDOWN:
-                account.state, account.state_reason = ACTIVE, ""
-                account.state_changed_at = now
-            account.updated_at = now
+        for job in candidates:
+            if len(leased) == max_jobs:
+                break
+            need = len(open_steps[job.id])
+            fits = [
+                acc
+                for acc in pool
+                if acc.id not in taken and (acc.id, job.action, job.target) not in acted
+            ][:need]
+            if len(fits) < need:
+                # The pool is only the least recently used accounts; ask the
+                # whole table before making the job wait.
+                fits = [
+                    acc
+                    for acc in self._free_accounts(conn, job, need + len(taken), now)
+                    if acc.id not in taken
+                ][:need]
+            if len(fits) < need:
+                waiting.append(
+                    {
+                        "b_id": job.id,
+                        "b_reason": f"waiting for accounts: {need} needed, "
+                        f"{len(fits)} free",
+                        "b_at": now
+                        + timedelta(seconds=self.config.workforce_recheck_s),
+                    }
+                )
+                continue
+            taken.update(acc.id for acc in fits)
+            leased.append((job, fits))
 
-        job.state = LEASED
-        job.lease_token = secrets.token_hex(16)
-        job.attempts += 1
-        job.worker_id = worker_id
-        job.lease_deadline = now + self.config.lease_ttl
-        job.pending_reason = ""
-        job.outcome = None
-        job.updated_at = now
-
-        views = [
-            StepView(st.index, acc.username, False, "", "", "")
-            for st, acc in zip(steps, accounts, strict=True)
-        ]
-        sessions = [
-            SessionOut(
-                username=acc.username,
-                settings=self.vault.open(acc.settings_enc) if acc.settings_enc else b"",
-                password=(
-                    self.vault.open(acc.password_enc).decode()
-                    if acc.password_enc
-                    else ""
+        if waiting:
+            conn.execute(
+                update(_J)
+                .where(_J.c.id == bindparam("b_id"))
+                .values(
+                    pending_reason=bindparam("b_reason"),
+                    available_at=bindparam("b_at"),
+                    updated_at=now,
                 ),
+                waiting,
             )
+        if not leased:
+            return []
+        return self._write_leases(conn, leased, open_steps, worker_id, now)
+
+    def _write_leases(
+        self,
+        conn: Connection,
+        leased: list[tuple[Row, list[Row]]],
+        open_steps: dict[str, list[int]],
+        worker_id: str,
+        now: datetime,
+    ) -> list[ClaimedJob]:
+        deadline = now + self.config.lease_ttl
+        tokens = {job.id: secrets.token_hex(16) for job, _ in leased}
+        conn.execute(
+            update(_S)
+            .where(
+                _S.c.job_id == bindparam("b_job"), _S.c.index == bindparam("b_index")
+            )
+            .values(account_id=bindparam("b_account"), updated_at=now),
+            [
+                {"b_job": job.id, "b_index": index, "b_account": acc.id}
+                for job, accounts in leased
+                for index, acc in zip(open_steps[job.id], accounts, strict=True)
+            ],
+        )
+        conn.execute(
+            update(_A)
+            .where(_A.c.id == bindparam("b_id"))
+            .values(busy_job_id=bindparam("b_job"), updated_at=now),
+            [
+                {"b_id": acc.id, "b_job": job.id}
+                for job, accounts in leased
+                for acc in accounts
+            ],
+        )
+        cooled = [
+            acc.id
+            for _, accounts in leased
             for acc in accounts
+            if acc.state == COOLDOWN
         ]
-        return ClaimedJob(job, views, sessions)
+        if cooled:
+            conn.execute(
+                update(_A)
+                .where(_A.c.id.in_(cooled))
+                .values(state=ACTIVE, state_reason="", state_changed_at=now)
+            )
+        conn.execute(
+            update(_J)
+            .where(_J.c.id == bindparam("b_id"))
+            .values(
+                state=LEASED,
+                lease_token=bindparam("b_token"),
+                attempts=_J.c.attempts + 1,
+                worker_id=worker_id,
+                lease_deadline=deadline,
+                pending_reason="",
+                outcome=None,
+                updated_at=now,
+            ),
+            [{"b_id": job.id, "b_token": tokens[job.id]} for job, _ in leased],
+        )
+
+        claimed = []
+        for job, accounts in leased:
+            lease = LeasedJob(
+                id=job.id,
+                action=job.action,
+                target=job.target,
+                tier=job.tier,
+                size=job.size,
+                steps_done=job.steps_done,
+                attempts=job.attempts + 1,
+                lease_token=tokens[job.id],
+                lease_deadline=deadline,
+            )
+            steps = [
+                StepView(index, acc.username, False, "", "", "")
+                for index, acc in zip(open_steps[job.id], accounts, strict=True)
+            ]
+            claimed.append(
+                ClaimedJob(lease, steps, [self._session(a) for a in accounts])
+            )
+        return claimed
+
+    def _session(self, account: Row) -> SessionOut:
+        settings = (
+            self.vault.open(account.settings_enc) if account.settings_enc else b""
+        )
+        password = (
+            self.vault.open(account.password_enc).decode()
+            if account.password_enc
+            else ""
+        )
+        return SessionOut(account.username, settings, password)
+
+    def _acted_on(
+        self, conn: Connection, jobs: Sequence[Row], account_ids: list[int]
+    ) -> set[tuple[int, str, str]]:
+        """(account, action, target) effects that already exist among these."""
+        if not account_ids:
+            return set()
+        rows = conn.execute(
+            select(_L.c.account_id, _L.c.action, _L.c.target).where(
+                _L.c.account_id.in_(account_ids),
+                _L.c.target.in_({job.target for job in jobs}),
+                _L.c.result.in_(FINISHED_RESULTS),
+            )
+        )
+        return {(row.account_id, row.action, row.target) for row in rows}
 
     def _free_accounts(
-        self, s: Session, job: Job, count: int, now: datetime
-    ) -> Sequence[Account]:
-        """Accounts that may take one step of `job` now, least recently used first."""
+        self, conn: Connection, job: Row | None, count: int, now: datetime
+    ) -> Sequence[Row]:
+        """Accounts that may act now, least recently used first.
+
+        With `job`, only those that have not taken its action on its target.
+        """
         if count == 0:
             return []
-        log = ActionLogEntry
-        acted_on_target = exists().where(
-            log.account_id == Account.id,
-            log.action == job.action,
-            log.target == job.target,
-            log.result.in_(FINISHED_RESULTS),
-        )
 
         def actions_since(since: datetime):  # noqa: ANN202 - a scalar subquery
             return (
                 select(func.count())
-                .where(log.account_id == Account.id, log.created_at > since)
+                .where(_L.c.account_id == _A.c.id, _L.c.created_at > since)
                 .scalar_subquery()
             )
 
         gap = timedelta(seconds=self.config.account_min_gap_s)
         query = (
-            select(Account)
+            select(
+                _A.c.id,
+                _A.c.username,
+                _A.c.state,
+                _A.c.password_enc,
+                _A.c.settings_enc,
+            )
             .where(
                 or_(
-                    Account.state == ACTIVE,
-                    and_(Account.state == COOLDOWN, Account.cooldown_until <= now),
+                    _A.c.state == ACTIVE,
+                    and_(_A.c.state == COOLDOWN, _A.c.cooldown_until <= now),
                 ),
-                Account.busy_job_id.is_(None),
-                or_(
-                    Account.last_action_at.is_(None),
-                    Account.last_action_at <= now - gap,
-                ),
-                ~acted_on_target,
+                _A.c.busy_job_id.is_(None),
+                or_(_A.c.last_action_at.is_(None), _A.c.last_action_at <= now - gap),
                 actions_since(now - HOUR) < self.config.account_max_per_hour,
                 actions_since(now - DAY) < self.config.account_max_per_day,
             )
-            .order_by(Account.last_action_at.asc().nulls_first(), Account.id)
+            .order_by(_A.c.last_action_at.asc().nulls_first(), _A.c.id)
             .limit(count)
         )
-        return s.scalars(self._locked(query)).all()
+        if job is not None:
+            query = query.where(
+                ~exists().where(
+                    _L.c.account_id == _A.c.id,
+                    _L.c.action == job.action,
+                    _L.c.target == job.target,
+                    _L.c.result.in_(FINISHED_RESULTS),
+                )
+            )
+        return conn.execute(self._locked(query)).all()
 
     def renew_lease(
         self,
@@ -558,28 +754,33 @@ class Store:
         """Extend a lease and record the steps finished since the last update."""
         deadline = now + self.config.lease_ttl
         with self._transaction() as s:
+            conn = s.connection()
             # The token check and the renewal are one statement: a worker whose
             # lease was handed on can never extend or write to the new holder's.
-            row = s.execute(
-                update(Job)
+            job = conn.execute(
+                update(_J)
                 .where(
-                    Job.id == job_id,
-                    Job.lease_token == token,
-                    Job.state == LEASED,
-                    Job.lease_deadline >= now,
+                    _J.c.id == job_id,
+                    _J.c.lease_token == token,
+                    _J.c.state == LEASED,
+                    _J.c.lease_deadline >= now,
                 )
                 .values(
                     lease_deadline=deadline, progress_message=message, updated_at=now
                 )
-                .returning(Job.cancel_requested)
-                .execution_options(synchronize_session=False)
+                .returning(*_LEASE_COLUMNS)
             ).first()
-            if row is None:
+            if job is None:
                 raise self._why_lease_lost(s, job_id, now)
-            job = s.get_one(Job, job_id)
-            newly = self._record_results(s, job, results, now)
+            newly = self._record_results(conn, job, results, now)
+            if newly:
+                conn.execute(
+                    update(_J)
+                    .where(_J.c.id == job_id)
+                    .values(steps_done=_J.c.steps_done + newly)
+                )
             self._store_sessions(s, job_id, sessions, now)
-        return Renewal(deadline, bool(row.cancel_requested), newly)
+        return Renewal(deadline, bool(job.cancel_requested), newly)
 
     def finish_job(
         self,
@@ -594,7 +795,10 @@ class Store:
     ) -> Finish:
         """Apply a worker's final word; a repeat of the same word changes nothing."""
         with self._transaction() as s:
-            job = s.scalar(self._for_update(select(Job).where(Job.id == job_id)))
+            conn = s.connection()
+            job = conn.execute(
+                self._for_update(select(*_LEASE_COLUMNS).where(_J.c.id == job_id))
+            ).first()
             if job is None:
                 raise NotFound(f"job_id: no job {job_id}")
             if job.lease_token != token:
@@ -612,15 +816,17 @@ class Store:
                     f"lease on job {job_id} expired at {job.lease_deadline}"
                 )
 
-            self._record_results(s, job, results, now)
+            newly = self._record_results(conn, job, results, now)
             self._store_sessions(s, job_id, sessions, now)
-            unfinished = list(
-                s.scalars(
-                    select(Step.index)
-                    .where(Step.job_id == job_id, Step.finished.is_(False))
-                    .order_by(Step.index)
+            unfinished: list[int] = []
+            if job.steps_done + newly < job.size:
+                unfinished = list(
+                    conn.execute(
+                        select(_S.c.index)
+                        .where(_S.c.job_id == job_id, _S.c.finished.is_(False))
+                        .order_by(_S.c.index)
+                    ).scalars()
                 )
-            )
             decision = decide_completion(
                 outcome,
                 unfinished,
@@ -632,8 +838,15 @@ class Store:
                 self.config,
                 now,
             )
-            self._end_lease(s, job, decision, now)
-            job.outcome = outcome
+            self._end_lease(
+                conn,
+                job_id,
+                decision,
+                now,
+                has_unfinished=bool(unfinished),
+                outcome=outcome,
+                steps_done=_J.c.steps_done + newly,
+            )
             self._notify(s, "work")
         return Finish(decision.state, decision.available_at, False, decision)
 
@@ -643,64 +856,78 @@ class Store:
             return self._reclaim_expired(s, now)
 
     def _reclaim_expired(self, s: Session, now: datetime) -> list[Reclaimed]:
-        expired = s.scalars(
+        conn = s.connection()
+        expired = conn.execute(
             self._locked(
-                select(Job).where(Job.state == LEASED, Job.lease_deadline < now)
+                select(*_LEASE_COLUMNS).where(
+                    _J.c.state == LEASED, _J.c.lease_deadline < now
+                )
             )
         ).all()
         reclaimed = []
         for job in expired:
-            worker_id = job.worker_id or ""
             decision = decide_expired(
                 job.attempts, job.max_attempts, job.cancel_requested, now
             )
-            self._end_lease(s, job, decision, now)
             # A lease that expired has no holder: nobody may complete it now.
-            job.lease_token = None
-            job.outcome = None
-            reclaimed.append(Reclaimed(job.id, job.attempts, worker_id, decision.state))
+            self._end_lease(
+                conn, job.id, decision, now, has_unfinished=True, lease_token=None
+            )
+            reclaimed.append(
+                Reclaimed(job.id, job.attempts, job.worker_id or "", decision.state)
+            )
         if reclaimed:
             self._notify(s, "work")
         return reclaimed
 
     def _end_lease(
-        self, s: Session, job: Job, decision: Decision, now: datetime
+        self,
+        conn: Connection,
+        job_id: str,
+        decision: Decision,
+        now: datetime,
+        has_unfinished: bool,
+        **job_values: object,
     ) -> None:
         """Free the job's accounts and unfinished steps and set its next state."""
-        s.execute(
-            update(Account)
-            .where(Account.busy_job_id == job.id)
+        conn.execute(
+            update(_A)
+            .where(_A.c.busy_job_id == job_id)
             .values(busy_job_id=None, updated_at=now)
-            .execution_options(synchronize_session=False)
         )
-        s.execute(
-            update(Step)
-            .where(Step.job_id == job.id, Step.finished.is_(False))
-            .values(account_id=None)
-            .execution_options(synchronize_session=False)
-        )
-        job.state = decision.state
-        job.lease_deadline = None
-        job.worker_id = None
-        job.updated_at = now
+        if has_unfinished:
+            conn.execute(
+                update(_S)
+                .where(_S.c.job_id == job_id, _S.c.finished.is_(False))
+                .values(account_id=None)
+            )
+        values: dict[str, object] = {
+            "state": decision.state,
+            "lease_deadline": None,
+            "worker_id": None,
+            "updated_at": now,
+            **job_values,
+        }
         if decision.error_code or decision.state == "SUCCEEDED":
-            job.last_error_code = decision.error_code
-            job.last_error_message = decision.error_message[:1000]
+            values["last_error_code"] = decision.error_code
+            values["last_error_message"] = decision.error_message[:1000]
         if decision.state == PENDING:
-            job.available_at = decision.available_at or now
+            values["available_at"] = decision.available_at or now
         else:
-            job.finished_at = now
-        self._wake_waiting_jobs(s, now)
+            values["finished_at"] = now
+        conn.execute(update(_J).where(_J.c.id == job_id).values(**values))
+        self._wake_waiting_jobs(conn, now)
 
-    def _wake_waiting_jobs(self, s: Session, now: datetime) -> None:
+    def _wake_waiting_jobs(self, conn: Connection | Session, now: datetime) -> None:
         """Jobs that waited for accounts are due again once accounts free up."""
-        s.execute(
-            update(Job)
+        conn.execute(
+            update(_J)
             .where(
-                Job.state == PENDING, Job.pending_reason != "", Job.available_at > now
+                _J.c.state == PENDING,
+                _J.c.pending_reason != "",
+                _J.c.available_at > now,
             )
             .values(available_at=now)
-            .execution_options(synchronize_session=False)
         )
 
     def _for_update(self, stmt):  # noqa: ANN001, ANN202 - a Select in, a Select out
@@ -720,109 +947,160 @@ class Store:
         )
 
     def _record_results(
-        self, s: Session, job: Job, results: Sequence[StepResultIn], now: datetime
+        self,
+        conn: Connection,
+        job: Row,
+        results: Sequence[StepResultIn],
+        now: datetime,
     ) -> int:
-        """Log step attempts and apply their effect on steps and accounts."""
+        """Log step attempts and apply their effect on steps and accounts.
+
+        Returns how many steps became finished.
+        """
         if not results:
             return 0
-        indices = {r.step_index for r in results}
         steps = {
-            st.index: st
-            for st in s.scalars(
-                select(Step).where(Step.job_id == job.id, Step.index.in_(indices))
+            row.index: row
+            for row in conn.execute(
+                select(
+                    _S.c.index,
+                    _S.c.finished,
+                    _S.c.account_id,
+                    _A.c.username,
+                    _A.c.throttle_streak,
+                    _A.c.state,
+                    _A.c.state_reason,
+                    _A.c.state_changed_at,
+                    _A.c.cooldown_until,
+                    _A.c.last_action_at,
+                )
+                .select_from(_S.outerjoin(_A, _A.c.id == _S.c.account_id))
+                .where(
+                    _S.c.job_id == job.id,
+                    _S.c.index.in_({r.step_index for r in results}),
+                )
             )
         }
-        account_ids = {st.account_id for st in steps.values() if st.account_id}
-        accounts = {
-            acc.id: acc
-            for acc in s.scalars(select(Account).where(Account.id.in_(account_ids)))
-        }
 
-        newly_finished = 0
+        log_rows, step_rows, accounts = [], [], {}
+        done_now: set[int] = set()
         for i, result in enumerate(results):
             step = steps.get(result.step_index)
             if step is None:
                 raise InvalidArgument(
                     f"results[{i}].step_index", f"job has no step {result.step_index}"
                 )
-            if step.finished:
+            if step.finished or step.index in done_now:
                 continue  # reported before: a retried update or a repeat
-            account = accounts.get(step.account_id) if step.account_id else None
-            if account is None or account.username != result.account_username:
-                assigned = account.username if account else "no account"
+            if step.account_id is None or step.username != result.account_username:
                 raise InvalidArgument(
                     f"results[{i}].account_username",
-                    f"step {step.index} is assigned to {assigned}",
+                    f"step {step.index} is assigned to {step.username or 'no account'}",
                 )
-
-            self._log_action(s, job, step.index, account, result, now)
-            step.outcome = result.outcome
-            step.error_code = result.error_code
-            step.error_message = result.error_message
-            step.updated_at = now
-            if result.outcome in FINISHED_RESULTS:
-                step.finished = True
-                newly_finished += 1
-            self._apply_account_change(account, result, now)
-
-        if newly_finished:
-            job.steps_done += newly_finished
-            job.updated_at = now
-        return newly_finished
-
-    def _log_action(
-        self,
-        s: Session,
-        job: Job,
-        step_index: int,
-        account: Account,
-        result: StepResultIn,
-        now: datetime,
-    ) -> None:
-        insert = postgresql.insert if self._is_postgres else sqlite.insert
-        s.execute(
-            insert(ActionLogEntry)
-            .values(
-                job_id=job.id,
-                step_index=step_index,
-                attempt=job.attempts,
-                account_id=account.id,
-                account_username=account.username,
-                target=job.target,
-                action=job.action,
-                tier=job.tier,
-                result=result.outcome,
-                error_code=result.error_code,
-                error=result.error_message,
-                worker_id=job.worker_id or "",
-                created_at=now,
+            finished = result.outcome in FINISHED_RESULTS
+            if finished:
+                done_now.add(step.index)
+            log_rows.append(
+                {
+                    "job_id": job.id,
+                    "step_index": step.index,
+                    "attempt": job.attempts,
+                    "account_id": step.account_id,
+                    "account_username": step.username,
+                    "target": job.target,
+                    "action": job.action,
+                    "tier": job.tier,
+                    "result": result.outcome,
+                    "error_code": result.error_code,
+                    "error": result.error_message,
+                    "worker_id": job.worker_id or "",
+                    "created_at": now,
+                }
             )
-            # The unique effect keys make a second record of the same effect a
-            # no-op rather than an error.
-            .on_conflict_do_nothing()
-        )
+            step_rows.append(
+                {
+                    "b_job": job.id,
+                    "b_index": step.index,
+                    "b_finished": finished,
+                    "b_outcome": result.outcome,
+                    "b_code": result.error_code,
+                    "b_message": result.error_message,
+                }
+            )
+            accounts[step.account_id] = self._account_after(
+                accounts.get(step.account_id) or dict(step._mapping), result, now
+            )
 
-    def _apply_account_change(
-        self, account: Account, result: StepResultIn, now: datetime
-    ) -> None:
+        if not log_rows:
+            return 0
+        insert = postgresql.insert if self._is_postgres else sqlite.insert
+        # The unique effect keys make a second record of the same effect a
+        # no-op rather than an error.
+        conn.execute(insert(_L).on_conflict_do_nothing(), log_rows)
+        conn.execute(
+            update(_S)
+            .where(
+                _S.c.job_id == bindparam("b_job"), _S.c.index == bindparam("b_index")
+            )
+            .values(
+                finished=bindparam("b_finished"),
+                outcome=bindparam("b_outcome"),
+                error_code=bindparam("b_code"),
+                error_message=bindparam("b_message"),
+                updated_at=now,
+            ),
+            step_rows,
+        )
+        conn.execute(
+            update(_A)
+            .where(_A.c.id == bindparam("b_id"))
+            .values(
+                state=bindparam("b_state"),
+                state_reason=bindparam("b_reason"),
+                state_changed_at=bindparam("b_changed"),
+                cooldown_until=bindparam("b_cooldown"),
+                throttle_streak=bindparam("b_streak"),
+                last_action_at=bindparam("b_acted"),
+                updated_at=now,
+            ),
+            [
+                {
+                    "b_id": account_id,
+                    "b_state": acc["state"],
+                    "b_reason": acc["state_reason"],
+                    "b_changed": acc["state_changed_at"],
+                    "b_cooldown": acc["cooldown_until"],
+                    "b_streak": acc["throttle_streak"],
+                    "b_acted": acc["last_action_at"],
+                }
+                for account_id, acc in accounts.items()
+            ],
+        )
+        return len(done_now)
+
+    def _account_after(
+        self, account: dict, result: StepResultIn, now: datetime
+    ) -> dict:
+        """The account's columns once `result` is applied (see outcomes.py)."""
         change = account_change(
             result.outcome,
             result.error_code,
             result.error_message,
-            account.throttle_streak,
+            account["throttle_streak"],
             self.config,
             now,
         )
+        account = dict(account)
         if change.acted:
-            account.last_action_at = now
+            account["last_action_at"] = now
         if change.throttle_streak is not None:
-            account.throttle_streak = change.throttle_streak
+            account["throttle_streak"] = change.throttle_streak
         if change.state is not None:
-            account.state = change.state
-            account.state_reason = change.reason
-            account.state_changed_at = now
-            account.cooldown_until = change.cooldown_until
-        account.updated_at = now
+            account["state"] = change.state
+            account["state_reason"] = change.reason
+            account["state_changed_at"] = now
+            account["cooldown_until"] = change.cooldown_until
+        return account
 
     def _store_sessions(
         self, s: Session, job_id: str, sessions: Sequence[SessionIn], now: datetime

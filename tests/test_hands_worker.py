@@ -207,7 +207,7 @@ def run(scenario) -> None:
 
 
 def test_happy_path_claims_reports_each_step_and_completes_succeeded():
-    """A claimed job's steps each get a progress update, then CompleteJob SUCCEEDED."""
+    """Each step but the last is reported in an update; the last rides on CompleteJob."""
 
     async def scenario():
         peer = PeerBrain()
@@ -221,8 +221,9 @@ def test_happy_path_claims_reports_each_step_and_completes_succeeded():
         await server.stop(0)
 
         step_updates = [u for _, u in peer.updates if u.results]
-        assert [u.done for u in step_updates] == [1, 2, 3]
+        assert [u.done for u in step_updates] == [1, 2]
         assert {u.total for u in step_updates} == {3}
+        assert [r.step_index for r in peer.completions[0].results] == [2]
         assert [r.step_index for r in peer.results()] == [0, 1, 2]
         assert [r.account_username for r in peer.results()] == ["alice", "bob", "carol"]
         assert {r.outcome for r in peer.results()} == {common_pb2.STEP_OUTCOME_DONE}
@@ -246,7 +247,7 @@ def test_every_call_carries_the_worker_key_as_a_bearer_token():
     async def scenario():
         peer = PeerBrain()
         server, port = await start_server(peer)
-        peer.add_job()
+        peer.add_job(accounts=["alice", "bob"])
         worker = Worker(make_config(port, api_key="k-123"), DryRunExecutor(0.01))
         task = asyncio.create_task(worker.run())
         await wait_until(lambda: peer.completions)
@@ -510,7 +511,7 @@ class RefreshingExecutor(DryRunExecutor):
 
 
 def test_refreshed_sessions_travel_with_the_next_update():
-    """A session the executor refreshed is sent in the update after the step."""
+    """A refreshed session goes with the next update, or with CompleteJob at the end."""
 
     async def scenario():
         peer = PeerBrain()
@@ -527,8 +528,11 @@ def test_refreshed_sessions_travel_with_the_next_update():
             for _, u in peer.updates
             for r in u.results
         ]
-        assert sent == [(0, ["alice"]), (1, ["bob"])]
+        assert sent == [(0, ["alice"])]
         assert peer.updates[0][1].refreshed_sessions[0].settings == b'{"fresh": true}'
+        # The last step's session rides on CompleteJob with its result.
+        (done,) = peer.completions
+        assert [s.username for s in done.refreshed_sessions] == ["bob"]
 
     run(scenario)
 
@@ -559,7 +563,8 @@ def test_concurrency_runs_that_many_jobs_at_once():
     async def scenario():
         peer = PeerBrain()
         server, port = await start_server(peer)
-        first, second = peer.add_job(), peer.add_job()
+        first = peer.add_job(accounts=["alice", "bob"])
+        second = peer.add_job(accounts=["carol", "dave"])
         worker = Worker(make_config(port, concurrency=2), DryRunExecutor(delay_s=0.4))
         task = asyncio.create_task(worker.run())
         await wait_until(lambda: len(peer.completions) == 2)
