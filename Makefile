@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/barter/v1/*.proto)
 
-.PHONY: all demo test lint fmt proto proto-check clean
+.PHONY: all demo test lint fmt proto proto-check chaos bench clean
 
 all: test
 
@@ -32,6 +32,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# A few minutes of kills, stops and cut links; exits non-zero on any loss or
+# duplicate. Pass options with CHAOS_ARGS, e.g. "--store postgres --replicas 2".
+chaos: $(STAMP)
+	$(BIN)/python tests/chaos.py $(CHAOS_ARGS)
+
+# Prints the performance table and writes bench-results.json. BENCH_ARGS=--quick
+# for a short run.
+bench: $(STAMP)
+	$(BIN)/python tests/bench.py $(BENCH_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -42,4 +52,4 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .demo-data .pytest_cache
+	rm -rf $(VENV) .demo-data .pytest_cache bench-results.json
