@@ -207,7 +207,7 @@ def run(scenario) -> None:
 
 
 def test_happy_path_claims_reports_each_step_and_completes_succeeded():
-    """Each step but the last is reported in an update; the last rides on CompleteJob."""
+    """Steps but the last are reported in updates; the last rides on CompleteJob."""
 
     async def scenario():
         peer = PeerBrain()

@@ -46,7 +46,7 @@ def test_without_a_key_secrets_are_refused_with_how_to_make_one(brain):
 
 
 def test_secrets_are_stored_encrypted_and_travel_only_in_claims(make_brain, key_file):
-    """After import, claim and a refreshed session, no secret is readable in the store."""
+    """After import, claim and a session refresh, no secret is readable in the store."""
     brain = make_brain(BRAIN_SECRET_KEY_FILE=str(key_file))
     imported = brain.admin().ImportAccounts(
         admin_pb2.ImportAccountsRequest(
