@@ -95,7 +95,33 @@ def wait_for(check: Callable[[], object], timeout_s: float, what: str) -> object
         time.sleep(0.02)
 
 
-class BrainProcess:
+class ManagedProcess:
+    """A child process with a log file, stopped by its pid."""
+
+    proc: subprocess.Popen | None = None
+    log_path: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int | None:
+        """Send `sig` and wait; SIGKILL after `timeout_s`. Returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+
+
+class BrainProcess(ManagedProcess):
     """`barter-brain serve` on a loopback port with its own SQLite file."""
 
     def __init__(self, workdir: Path, database_url: str = "", **env: str) -> None:
@@ -160,22 +186,7 @@ class BrainProcess:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        return super().stop(sig, timeout_s)
 
     def channel(self) -> grpc.Channel:
         if self._channel is None:
@@ -196,7 +207,7 @@ class BrainProcess:
             return [tuple(row) for row in conn.exec_driver_sql(sql)]
 
 
-class HandsProcess:
+class HandsProcess(ManagedProcess):
     """`barter-hands run` pointed at a Brain."""
 
     def __init__(self, workdir: Path, brain: BrainProcess, name: str, **env: str):
@@ -221,24 +232,6 @@ class HandsProcess:
         )
         log.close()
         return self
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text().splitlines()[-lines:])
 
 
 def add_accounts(brain: BrainProcess, *usernames: str) -> None:
