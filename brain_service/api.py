@@ -182,8 +182,7 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
         try:
             while True:
                 bell = hub.work.register()
-                now = utcnow()
-                claim = await hub.run(hub.store.claim_jobs, worker_id, max_jobs, now)
+                claim = await hub.run(hub.store.claim_jobs, worker_id, max_jobs)
                 hub.note_reclaimed(claim.reclaimed)
                 if claim.jobs:
                     bell.cancel()
@@ -199,7 +198,7 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
                     # A peer's notification can be lost with its connection.
                     timeout = min(timeout, hub.config.fallback_check_s)
                 if claim.next_due_at is not None:
-                    due_in = (claim.next_due_at - now).total_seconds()
+                    due_in = (claim.next_due_at - claim.now).total_seconds()
                     # Floor: rows another replica holds locked look due but
                     # cannot be taken; do not spin on them.
                     timeout = min(timeout, max(due_in, 0.01))
@@ -229,7 +228,7 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
         hub = self.hub
         async for update in request_iterator:
             args = validation.progress_update(update)
-            renewal = await hub.run(hub.store.renew_lease, now=utcnow(), **args)
+            renewal = await hub.run(hub.store.renew_lease, **args)
             log.debug(
                 "lease_renewed",
                 job_id=args["job_id"],
@@ -250,7 +249,7 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.CompleteJobResponse:
         hub = self.hub
         args = validation.complete_request(request)
-        finish = await hub.run(hub.store.finish_job, now=utcnow(), **args)
+        finish = await hub.run(hub.store.finish_job, **args)
         if not finish.repeated:
             level = log.error if finish.state == "FAILED" else log.info
             level(

@@ -41,7 +41,7 @@ async def _sweep(hub: Hub) -> None:
     while not hub.stopping:
         try:
             now = utcnow()
-            hub.note_reclaimed(await hub.run(hub.store.reclaim_expired, now))
+            hub.note_reclaimed(await hub.run(hub.store.reclaim_expired))
             if await hub.run(hub.store.restore_cooled_accounts, now):
                 hub.job_changed(claimable=None)
         except BrainError as exc:

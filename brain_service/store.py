@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy import (
@@ -106,6 +106,10 @@ _LEASE_COLUMNS = (
 
 # PostgreSQL channel on which replicas tell each other about job changes.
 NOTIFY_CHANNEL = "barter_jobs"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 # Validated request values the store accepts.
@@ -204,6 +208,8 @@ class Claim:
     reclaimed: list[Reclaimed]
     # Earliest time a PENDING job becomes due, when nothing was claimed.
     next_due_at: datetime | None
+    # The time the claim was made at.
+    now: datetime
 
 
 @dataclass(frozen=True)
@@ -478,9 +484,12 @@ class Store:
             self._notify(s, "work", sum(1 for _, created in results if created))
         return results
 
-    def claim_jobs(self, worker_id: str, max_jobs: int, now: datetime) -> Claim:
+    def claim_jobs(self, worker_id: str, max_jobs: int) -> Claim:
         """Lease up to `max_jobs` due jobs whose workforce is free."""
         with self._transaction() as s:
+            # Read the clock once the write lock is held: a deadline counted
+            # from before a wait for the lock could be over on arrival.
+            now = utcnow()
             conn = s.connection()
             reclaimed = self._reclaim_expired(s, now)
 
@@ -501,7 +510,7 @@ class Store:
                 next_due_at = conn.execute(
                     select(func.min(_J.c.available_at)).where(_J.c.state == PENDING)
                 ).scalar()
-                return Claim([], reclaimed, next_due_at)
+                return Claim([], reclaimed, next_due_at, now)
 
             open_steps: dict[str, list[int]] = {row.id: [] for row in candidates}
             for job_id, index in conn.execute(
@@ -519,7 +528,7 @@ class Store:
                 next_due_at = conn.execute(
                     select(func.min(_J.c.available_at)).where(_J.c.state == PENDING)
                 ).scalar()
-        return Claim(claimed, reclaimed, next_due_at)
+        return Claim(claimed, reclaimed, next_due_at, now)
 
     def _lease_jobs(
         self,
@@ -749,11 +758,11 @@ class Store:
         message: str,
         results: Sequence[StepResultIn],
         sessions: Sequence[SessionIn],
-        now: datetime,
     ) -> Renewal:
         """Extend a lease and record the steps finished since the last update."""
-        deadline = now + self.config.lease_ttl
         with self._transaction() as s:
+            now = utcnow()
+            deadline = now + self.config.lease_ttl
             conn = s.connection()
             # The token check and the renewal are one statement: a worker whose
             # lease was handed on can never extend or write to the new holder's.
@@ -791,10 +800,10 @@ class Store:
         error_code: str,
         error_message: str,
         sessions: Sequence[SessionIn],
-        now: datetime,
     ) -> Finish:
         """Apply a worker's final word; a repeat of the same word changes nothing."""
         with self._transaction() as s:
+            now = utcnow()
             conn = s.connection()
             job = conn.execute(
                 self._for_update(select(*_LEASE_COLUMNS).where(_J.c.id == job_id))
@@ -850,10 +859,10 @@ class Store:
             self._notify(s, "work")
         return Finish(decision.state, decision.available_at, False, decision)
 
-    def reclaim_expired(self, now: datetime) -> list[Reclaimed]:
+    def reclaim_expired(self) -> list[Reclaimed]:
         """Take back every lease whose deadline passed (the one shared rule)."""
         with self._transaction() as s:
-            return self._reclaim_expired(s, now)
+            return self._reclaim_expired(s, utcnow())
 
     def _reclaim_expired(self, s: Session, now: datetime) -> list[Reclaimed]:
         conn = s.connection()

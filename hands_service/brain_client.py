@@ -211,7 +211,10 @@ class ProgressStream:
                 self._call = self._stub.StreamProgress(metadata=self._metadata)
             call = self._call
             try:
-                return await asyncio.wait_for(self._exchange(call, update), timeout_s)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation that arrives together with the reply.
+                async with asyncio.timeout(timeout_s):
+                    return await self._exchange(call, update)
             except TimeoutError as exc:
                 self._drop()
                 raise BrainUnavailable(

@@ -171,6 +171,9 @@ class JobRun:
         self.refreshed: dict[str, AccountSession] = {}
         self.cancel_requested = False
         self.lease_lost = False
+        # Set once the steps are over, so the heartbeat ends even if its
+        # cancellation is lost (asyncio.wait_for can swallow one on 3.11).
+        self.steps_over = False
 
     @property
     def job_id(self) -> str:
@@ -476,6 +479,7 @@ class Worker:
             if not steps.cancelled() and steps.exception() is not None:
                 raise steps.exception()
         finally:
+            run.steps_over = True
             for task in (steps, heartbeat, hand_back):
                 task.cancel()
             await asyncio.gather(steps, heartbeat, hand_back, return_exceptions=True)
@@ -569,8 +573,10 @@ class Worker:
     # --- keeping the lease -----------------------------------------------------
 
     async def _heartbeat(self, run: JobRun) -> None:
-        while not run.lease_lost:
+        while not run.lease_lost and not run.steps_over:
             await asyncio.sleep(max(MIN_HEARTBEAT_S, run.remaining_s() / 3))
+            if run.steps_over:
+                return
             await self._renew(run)
             log.debug("heartbeat", lease_remaining_s=round(run.remaining_s(), 3))
 
