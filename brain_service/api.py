@@ -276,7 +276,9 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.SubmitJobsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.SubmitJobsResponse:
         hub = self.hub
-        specs = validation.job_specs(request, hub.store.tiers)
+        specs = validation.job_specs(
+            request, hub.store.tiers, hub.config.max_submit_batch
+        )
         results = await hub.run(hub.store.submit_jobs, specs, utcnow())
         created = sum(1 for _, was_created in results if was_created)
         log.info("jobs_submitted", created=created, repeated=len(results) - created)

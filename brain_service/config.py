@@ -113,6 +113,9 @@ class BrainConfig:
     max_concurrent_polls: int = setting(
         "BRAIN_MAX_CONCURRENT_POLLS", 2000, "long-polls held at once before refusing"
     )
+    max_submit_batch: int = setting(
+        "BRAIN_MAX_SUBMIT_BATCH", 1000, "jobs one SubmitJobs call may carry (1-1000)"
+    )
     max_message_bytes: int = setting(
         "BRAIN_MAX_MESSAGE_BYTES", 4 * 1024 * 1024, "largest gRPC message accepted"
     )

@@ -18,6 +18,7 @@ from brain_service.api import AdminApi, Hub, JobApi, utcnow
 from brain_service.auth import KeyCheck, read_key
 from brain_service.config import BrainConfig
 from brain_service.errors import BrainError
+from brain_service.intake import DecodeGuard
 from brain_service.schema import require_current
 from brain_service.settings import SettingError
 from brain_service.store import Store
@@ -119,7 +120,7 @@ async def serve(config: BrainConfig, port_file: str = "") -> None:
     hub = Hub(store, config)
 
     server = grpc.aio.server(
-        interceptors=[keys],
+        interceptors=[keys, DecodeGuard()],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),

@@ -67,6 +67,8 @@ from brain_service.outcomes import (
 from brain_service.settings import SettingError
 from brain_service.vault import Vault
 
+# How long a writer waits for SQLite's lock before the store counts as down.
+BUSY_TIMEOUT_S = 5.0
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
@@ -260,7 +262,7 @@ def _sqlite_engine(url: str, immediate: bool, synchronous: str = "NORMAL") -> En
             "BRAIN_SQLITE_SYNCHRONOUS: expected NORMAL, FULL or EXTRA, "
             f"got {synchronous!r}"
         )
-    engine = create_engine(url, connect_args={"timeout": 5.0})
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: object, _record: object) -> None:
@@ -272,8 +274,16 @@ def _sqlite_engine(url: str, immediate: bool, synchronous: str = "NORMAL") -> En
         # cut can take back the last commits, which FULL prevents.
         cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         cursor.close()
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: object) -> None:
+        # A connection opened while the file was read-only stays read-only;
+        # treat it as dead so the pool opens a fresh one next time.
+        name = getattr(context.original_exception, "sqlite_errorname", "")  # type: ignore[attr-defined]
+        if name.startswith("SQLITE_READONLY"):
+            context.is_disconnect = True  # type: ignore[attr-defined]
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: object) -> None:
@@ -302,7 +312,7 @@ def _decode_cursor(token: str, count: int) -> list[str]:
         raise InvalidArgument(
             "page_token", "not a token from a previous reply"
         ) from None
-    if len(parts) != count:
+    if len(parts) != count or any("\x00" in part for part in parts):
         raise InvalidArgument("page_token", "not a token from a previous reply")
     return parts
 
@@ -382,9 +392,13 @@ class Store:
     def _transaction(self, write: bool = True) -> Iterator[Session]:
         maker = self._writer if write else self._reader
         lock = self._write_lock if write else None
+        if lock is not None and not lock.acquire(timeout=BUSY_TIMEOUT_S):
+            # Writers ahead of us have been waiting on a locked database; do
+            # not add another full wait to theirs.
+            raise StoreUnavailable(
+                f"store unavailable: no write slot within {BUSY_TIMEOUT_S:.0f} s"
+            )
         try:
-            if lock is not None:
-                lock.acquire()
             with maker.begin() as session:
                 yield session
         except IntegrityError:
@@ -603,28 +617,29 @@ class Store:
     ) -> list[ClaimedJob]:
         deadline = now + self.config.lease_ttl
         tokens = {job.id: secrets.token_hex(16) for job, _ in leased}
-        conn.execute(
-            update(_S)
-            .where(
-                _S.c.job_id == bindparam("b_job"), _S.c.index == bindparam("b_index")
+        assignments = [
+            {"b_job": job.id, "b_index": index, "b_account": acc.id}
+            for job, accounts in leased
+            for index, acc in zip(open_steps[job.id], accounts, strict=True)
+        ]
+        # A job retried after all its steps finished has nothing to assign, and
+        # executemany with no rows would run the statement once, unbound.
+        if assignments:
+            conn.execute(
+                update(_S)
+                .where(
+                    _S.c.job_id == bindparam("b_job"),
+                    _S.c.index == bindparam("b_index"),
+                )
+                .values(account_id=bindparam("b_account"), updated_at=now),
+                assignments,
             )
-            .values(account_id=bindparam("b_account"), updated_at=now),
-            [
-                {"b_job": job.id, "b_index": index, "b_account": acc.id}
-                for job, accounts in leased
-                for index, acc in zip(open_steps[job.id], accounts, strict=True)
-            ],
-        )
-        conn.execute(
-            update(_A)
-            .where(_A.c.id == bindparam("b_id"))
-            .values(busy_job_id=bindparam("b_job"), updated_at=now),
-            [
-                {"b_id": acc.id, "b_job": job.id}
-                for job, accounts in leased
-                for acc in accounts
-            ],
-        )
+            conn.execute(
+                update(_A)
+                .where(_A.c.id == bindparam("b_account"))
+                .values(busy_job_id=bindparam("b_job"), updated_at=now),
+                assignments,
+            )
         cooled = [
             acc.id
             for _, accounts in leased
@@ -1205,11 +1220,12 @@ class Store:
         if page_token:
             created, job_id = _decode_cursor(page_token, 2)
             try:
-                created_at = datetime.fromisoformat(created)
+                created_at: datetime | None = datetime.fromisoformat(created)
+                uuid.UUID(job_id)
             except ValueError:
-                raise InvalidArgument(
-                    "page_token", "not a token from a previous reply"
-                ) from None
+                created_at = None
+            if created_at is None or created_at.tzinfo is None:
+                raise InvalidArgument("page_token", "not a token from a previous reply")
             query = query.where(
                 or_(
                     Job.created_at < created_at,

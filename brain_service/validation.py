@@ -110,8 +110,8 @@ def settings_json(value: bytes, field: str) -> bytes:
     if value:
         try:
             parsed = json.loads(value)
-        except (UnicodeDecodeError, ValueError):
-            raise InvalidArgument(field, "must be UTF-8 JSON") from None
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise InvalidArgument(field, "must be UTF-8 JSON, sanely nested") from None
         if not isinstance(parsed, dict):
             raise InvalidArgument(field, "must be a JSON object")
     return value
@@ -229,13 +229,16 @@ def complete_request(request: jobs_pb2.CompleteJobRequest) -> dict:
 
 
 def job_specs(
-    request: admin_pb2.SubmitJobsRequest, tiers: dict[str, Tier]
+    request: admin_pb2.SubmitJobsRequest,
+    tiers: dict[str, Tier],
+    max_batch: int = MAX_SUBMIT_BATCH,
 ) -> list[JobSpecIn]:
     if not request.jobs:
         raise InvalidArgument("jobs", "at least one job is required")
-    if len(request.jobs) > MAX_SUBMIT_BATCH:
+    limit = min(max_batch, MAX_SUBMIT_BATCH)
+    if len(request.jobs) > limit:
         raise InvalidArgument(
-            "jobs", f"at most {MAX_SUBMIT_BATCH} per call (got {len(request.jobs)})"
+            "jobs", f"at most {limit} per call (got {len(request.jobs)})"
         )
     specs = []
     seen_keys: dict[str, int] = {}
