@@ -259,8 +259,12 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
                 state=finish.state,
                 error_code=finish.decision.error_code if finish.decision else "",
             )
-            # Its accounts are free again, and a retry may be due later.
-            hub.job_changed(claimable=None)
+            # Wake only as many long-polls as there is new work: the jobs the
+            # freed accounts unblocked, and one to re-read the due time of a
+            # job sent back for retry. Waking them all made every completion
+            # cost one claim per idle worker.
+            retrying = 1 if finish.state == "PENDING" else 0
+            hub.job_changed(claimable=finish.unblocked + retrying)
         return jobs_pb2.CompleteJobResponse(
             state=convert.job_state(finish.state),
             available_at=convert.timestamp(finish.available_at),

@@ -227,6 +227,8 @@ class Finish:
     available_at: datetime | None
     repeated: bool
     decision: Decision | None
+    # Waiting jobs made due by the accounts this completion freed.
+    unblocked: int = 0
 
 
 @dataclass(frozen=True)
@@ -862,7 +864,7 @@ class Store:
                 self.config,
                 now,
             )
-            self._end_lease(
+            unblocked = self._end_lease(
                 conn,
                 job_id,
                 decision,
@@ -872,7 +874,7 @@ class Store:
                 steps_done=_J.c.steps_done + newly,
             )
             self._notify(s, "work")
-        return Finish(decision.state, decision.available_at, False, decision)
+        return Finish(decision.state, decision.available_at, False, decision, unblocked)
 
     def reclaim_expired(self) -> list[Reclaimed]:
         """Take back every lease whose deadline passed (the one shared rule)."""
@@ -912,8 +914,11 @@ class Store:
         now: datetime,
         has_unfinished: bool,
         **job_values: object,
-    ) -> None:
-        """Free the job's accounts and unfinished steps and set its next state."""
+    ) -> int:
+        """Free the job's accounts and unfinished steps and set its next state.
+
+        Returns how many waiting jobs the freed accounts made due.
+        """
         conn.execute(
             update(_A)
             .where(_A.c.busy_job_id == job_id)
@@ -940,11 +945,14 @@ class Store:
         else:
             values["finished_at"] = now
         conn.execute(update(_J).where(_J.c.id == job_id).values(**values))
-        self._wake_waiting_jobs(conn, now)
+        return self._wake_waiting_jobs(conn, now)
 
-    def _wake_waiting_jobs(self, conn: Connection | Session, now: datetime) -> None:
-        """Jobs that waited for accounts are due again once accounts free up."""
-        conn.execute(
+    def _wake_waiting_jobs(self, conn: Connection | Session, now: datetime) -> int:
+        """Jobs that waited for accounts are due again once accounts free up.
+
+        Returns how many, so that as many long-polls can be woken.
+        """
+        result = conn.execute(
             update(_J)
             .where(
                 _J.c.state == PENDING,
@@ -953,6 +961,7 @@ class Store:
             )
             .values(available_at=now)
         )
+        return result.rowcount or 0
 
     def _for_update(self, stmt):  # noqa: ANN001, ANN202 - a Select in, a Select out
         if self._is_postgres:
