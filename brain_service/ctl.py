@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import getpass
+import ipaddress
 import json
 import os
 import queue
@@ -201,16 +202,44 @@ def _grpc_target(brain_url: str) -> tuple[str, bool]:
     return brain_url, False
 
 
+# Calls go to any replica that answers, in turn.
+_ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+def _replicas(target: str) -> str:
+    """A comma list of IPv4:port replicas as one `ipv4:` target."""
+    addresses = [a.strip() for a in target.split(",") if a.strip()]
+    if len(addresses) <= 1:
+        return target
+    literal = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        host = "127.0.0.1" if host == "localhost" else host
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise UsageError(
+                f"--brain {address!r}: list replicas as IPv4:port, or use one DNS "
+                "name that resolves to them all"
+            ) from None
+        if not port.isdigit():
+            raise UsageError(f"--brain {address!r}: give host:port")
+        literal.append(f"{host}:{port}")
+    return "ipv4:" + ",".join(literal)
+
+
 def _channel(settings: Settings) -> grpc.Channel:
     target, _ = _grpc_target(settings.brain_url)
+    target = _replicas(target)
+    options = [("grpc.service_config", _ROUND_ROBIN)]
     if settings.tls is None:
-        return grpc.insecure_channel(target)
+        return grpc.insecure_channel(target, options=options)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=settings.tls.ca or None,
         private_key=settings.tls.client_key or None,
         certificate_chain=settings.tls.client_cert or None,
     )
-    return grpc.secure_channel(target, credentials)
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 class Brain:

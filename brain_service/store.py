@@ -56,7 +56,6 @@ from brain_service.outcomes import (
     CANCELLED,
     COOLDOWN,
     FAILED,
-    FINAL_STATES,
     LEASED,
     PENDING,
     Decision,
@@ -1388,16 +1387,6 @@ class Store:
         by_id = {row[0]: (row[1], row[2]) for row in counts}
         return [AccountView(acc, *by_id.get(acc.id, (0, 0))) for acc in accounts]
 
-    def actions_for_job(self, job_id: str) -> list[ActionLogEntry]:
-        with self._transaction(write=False) as s:
-            return list(
-                s.scalars(
-                    select(ActionLogEntry)
-                    .where(ActionLogEntry.job_id == job_id)
-                    .order_by(ActionLogEntry.id)
-                )
-            )
-
     # Queue statistics.
 
     def stats(self, now: datetime) -> Stats:
@@ -1451,14 +1440,3 @@ class Store:
                 self._wake_waiting_jobs(s, now)
                 self._notify(s, "work")
             return result.rowcount or 0
-
-
-__all__ = [
-    "AccountIn",
-    "Claim",
-    "FINAL_STATES",
-    "JobSpecIn",
-    "SessionIn",
-    "StepResultIn",
-    "Store",
-]

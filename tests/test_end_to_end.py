@@ -326,3 +326,22 @@ def test_two_replicas_survive_one_being_killed(make_brain, tmp_path):
 
     assert set(job_states(second, job_ids).values()) == {common_pb2.JOB_STATE_SUCCEEDED}
     assert finished_steps_twice(second) == []
+
+
+def test_barterctl_fails_over_to_a_live_replica(brain):
+    """Given a dead and a live replica, every barterctl call reaches the live one."""
+    import subprocess
+
+    from harness import BIN, free_port
+
+    submit(brain, ["target1"])
+    both = f"127.0.0.1:{free_port()},{brain.address}"
+    for _ in range(4):
+        result = subprocess.run(
+            [BIN / "barterctl", "--brain", both, "--json", "stats"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["pending"] in (1, "1")
