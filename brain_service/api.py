@@ -32,7 +32,7 @@ from brain_service.errors import (
     WrongState,
 )
 from brain_service.outcomes import FINAL_STATES
-from brain_service.store import Reclaimed, Store
+from brain_service.store import ClaimedJob, Reclaimed, Store
 
 log = structlog.get_logger("brain")
 T = TypeVar("T")
@@ -186,7 +186,10 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
                 hub.note_reclaimed(claim.reclaimed)
                 if claim.jobs:
                     bell.cancel()
-                    return self._claimed(claim.jobs, worker_id)
+                    reply = await self._fit_reply(claim.jobs)
+                    if reply.jobs:
+                        return self._claimed(claim.jobs, reply, worker_id)
+                    continue
 
                 remaining = deadline - loop.time()
                 if remaining <= 0 or hub.stopping:
@@ -206,17 +209,58 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
         finally:
             self.polls -= 1
 
-    def _claimed(self, jobs: list, worker_id: str) -> jobs_pb2.ClaimJobResponse:
+    async def _fit_reply(self, jobs: list[ClaimedJob]) -> jobs_pb2.ClaimJobResponse:
+        """The reply with as many claimed jobs as the message limit lets through.
+
+        The rest are handed back as if never claimed; a job too large to send
+        even alone fails, since no claim could ever deliver it.
+        """
+        hub = self.hub
+        # Room for the reply's own framing.
+        budget = hub.config.max_message_bytes - 1024
+        reply = jobs_pb2.ClaimJobResponse()
         for claimed in jobs:
-            log.info(
-                "job_claimed",
-                job_id=claimed.job.id,
-                attempt=claimed.job.attempts,
-                worker_id=worker_id,
-                steps=len(claimed.steps),
+            message = convert.claimed_job(claimed)
+            size = message.ByteSize() + 8
+            if size <= budget:
+                reply.jobs.append(message)
+                budget -= size
+                continue
+            reason = ""
+            if not reply.jobs and size > hub.config.max_message_bytes - 1024:
+                reason = (
+                    f"its claim would be {size} bytes, over BRAIN_MAX_MESSAGE_BYTES "
+                    f"({hub.config.max_message_bytes})"
+                )
+            state = await hub.run(
+                hub.store.hand_back, claimed.job.id, claimed.job.lease_token, reason
             )
+            (log.error if reason else log.info)(
+                "claim_handed_back", job_id=claimed.job.id, state=state, size=size
+            )
+            budget = -1  # keep the queue's order: nothing after it goes either
+        if len(reply.jobs) < len(jobs):
+            self.hub.job_changed(claimable=None)
+        return reply
+
+    def _claimed(
+        self,
+        jobs: list[ClaimedJob],
+        reply: jobs_pb2.ClaimJobResponse,
+        worker_id: str,
+    ) -> jobs_pb2.ClaimJobResponse:
+        sent = {message.job_id for message in reply.jobs}
+        for claimed in jobs:
+            if claimed.job.id in sent:
+                log.info(
+                    "job_claimed",
+                    job_id=claimed.job.id,
+                    attempt=claimed.job.attempts,
+                    worker_id=worker_id,
+                    steps=len(claimed.steps),
+                )
         self.hub.job_changed()
-        return jobs_pb2.ClaimJobResponse(jobs=[convert.claimed_job(c) for c in jobs])
+        return reply
 
     @abort_on_error
     @streams

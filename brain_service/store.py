@@ -875,6 +875,38 @@ class Store:
             self._notify(s, "work")
         return Finish(decision.state, decision.available_at, False, decision, unblocked)
 
+    def hand_back(self, job_id: str, token: str, fail_reason: str = "") -> str:
+        """Undo a claim whose reply could not be sent: the attempt never began.
+
+        With `fail_reason` the job fails instead, for a job too large to send
+        at all. Returns the job's new state.
+        """
+        with self._transaction() as s:
+            now = utcnow()
+            conn = s.connection()
+            job = conn.execute(
+                self._for_update(select(*_LEASE_COLUMNS).where(_J.c.id == job_id))
+            ).first()
+            if job is None or job.state != LEASED or job.lease_token != token:
+                return job.state if job is not None else ""
+            if fail_reason:
+                decision = Decision(
+                    FAILED, error_code="claim_too_large", error_message=fail_reason
+                )
+            else:
+                decision = Decision(PENDING, available_at=now)
+            self._end_lease(
+                conn,
+                job_id,
+                decision,
+                now,
+                has_unfinished=True,
+                lease_token=None,
+                attempts=_J.c.attempts - (0 if fail_reason else 1),
+            )
+            self._notify(s, "work")
+        return decision.state
+
     def reclaim_expired(self) -> list[Reclaimed]:
         """Take back every lease whose deadline passed (the one shared rule)."""
         with self._transaction() as s:

@@ -116,29 +116,19 @@ def test_the_message_limit_recovers_after_a_refusal(make_brain):
     assert serving(brain)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "needs: api.JobApi.ClaimJob/store.Store.claim_jobs to stop leasing once the "
-        "ClaimJobResponse would pass BRAIN_MAX_MESSAGE_BYTES (today the jobs are "
-        "LEASED, the reply fails with RESOURCE_EXHAUSTED and they wait for expiry)"
-    ),
-)
 def test_a_claim_leases_only_the_jobs_its_reply_can_carry(make_brain):
     """A claim whose sessions would overflow the message limit leases only what fits."""
     brain = make_brain(
         BRAIN_MAX_MESSAGE_BYTES="32768", BRAIN_SECRET_KEY=Fernet.generate_key().decode()
     )
     settings = json.dumps({"cookie": "c" * 10_000}).encode()
-    brain.admin().ImportAccounts(
-        admin_pb2.ImportAccountsRequest(
-            accounts=[
-                admin_pb2.AccountInput(username=f"a{i}", settings=settings)
-                for i in range(4)
-            ]
-        ),
-        timeout=10,
-    )
+    for i in range(4):  # one per call: four would pass the limit themselves
+        brain.admin().ImportAccounts(
+            admin_pb2.ImportAccountsRequest(
+                accounts=[admin_pb2.AccountInput(username=f"a{i}", settings=settings)]
+            ),
+            timeout=10,
+        )
     submit(brain, [f"t{i}" for i in range(4)])
 
     reply = brain.jobs().ClaimJob(
@@ -286,3 +276,30 @@ def test_a_claim_batch_over_64_names_max_jobs(brain):
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.value.details().startswith("max_jobs:")
     assert len(claimed.jobs) == 64
+
+
+def test_a_job_too_large_to_send_at_all_fails_with_the_reason(make_brain):
+    """A claim that cannot fit even alone fails the job instead of leasing it."""
+    brain = make_brain(
+        BRAIN_MAX_MESSAGE_BYTES="16384", BRAIN_SECRET_KEY=Fernet.generate_key().decode()
+    )
+    settings = json.dumps({"cookie": "c" * 4_000}).encode()
+    for i in range(5):
+        brain.admin().ImportAccounts(
+            admin_pb2.ImportAccountsRequest(
+                accounts=[admin_pb2.AccountInput(username=f"big{i}", settings=settings)]
+            ),
+            timeout=10,
+        )
+    # Five steps carry five 4 KB sessions: more than 16 KB in one claim.
+    (job_id,) = submit(brain, ["target1"], tier="standard")
+
+    reply = brain.jobs().ClaimJob(jobs_pb2.ClaimJobRequest(worker_id="w"), timeout=10)
+
+    assert list(reply.jobs) == []
+    assert brain.query(
+        f"SELECT state, last_error_code FROM jobs WHERE id = '{job_id}'"
+    ) == [("FAILED", "claim_too_large")]
+    assert brain.query(
+        "SELECT count(*) FROM accounts WHERE busy_job_id IS NOT NULL"
+    ) == [(0,)]
