@@ -57,3 +57,41 @@ def test_an_account_rests_its_minimum_gap_between_actions(make_brain):
     assert claim(brain, wait_s=0.5) == []
     (second,) = claim(brain, wait_s=5)
     assert second.job_id == job_id
+
+
+def test_a_repeatedly_throttled_account_cools_down_longer_each_time(make_brain):
+    """Each throttle in a row doubles the cooldown; a success resets it."""
+    from barter.v1 import common_pb2, jobs_pb2
+
+    brain = make_brain(BRAIN_COOLDOWN_S="0.4", BRAIN_ACCOUNT_MIN_GAP_S="0")
+    add_accounts(brain, "alice")
+
+    def run_once(target, outcome):
+        submit(brain, [target])
+        (job,) = claim(brain, wait_s=5)
+        result = common_pb2.StepResult(
+            step_index=0, account_username="alice", outcome=outcome
+        )
+        verdict = (
+            jobs_pb2.OUTCOME_SUCCEEDED
+            if outcome == common_pb2.STEP_OUTCOME_DONE
+            else jobs_pb2.OUTCOME_FAILED
+        )
+        complete(brain, job, verdict, [result])
+        (account,) = (
+            brain.admin().ListAccounts(admin_pb2.ListAccountsRequest()).accounts
+        )
+        rest = account.cooldown_until.ToMilliseconds() - (
+            account.state_changed_at.ToMilliseconds()
+        )
+        return account.state, rest
+
+    throttled = common_pb2.STEP_OUTCOME_THROTTLED
+    first = run_once("target1", throttled)
+    second = run_once("target2", throttled)
+    run_once("target3", common_pb2.STEP_OUTCOME_DONE)
+    after_success = run_once("target4", throttled)
+
+    assert first == (common_pb2.ACCOUNT_STATE_COOLDOWN, 400)
+    assert second == (common_pb2.ACCOUNT_STATE_COOLDOWN, 800)
+    assert after_success == (common_pb2.ACCOUNT_STATE_COOLDOWN, 400)
