@@ -9,7 +9,7 @@ import functools
 import random
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -32,7 +32,7 @@ from brain_service.errors import (
     WrongState,
 )
 from brain_service.outcomes import FINAL_STATES
-from brain_service.store import ClaimedJob, Reclaimed, Store
+from brain_service.store import ClaimedJob, Reclaimed, Store, utcnow
 
 log = structlog.get_logger("brain")
 T = TypeVar("T")
@@ -47,10 +47,6 @@ STATUS_FOR_ERROR: dict[type[BrainError], grpc.StatusCode] = {
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     TooBusy: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _status(exc: BaseException, rpc: str) -> tuple[grpc.StatusCode, str]:

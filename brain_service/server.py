@@ -14,14 +14,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from barter.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc
-from brain_service.api import AdminApi, Hub, JobApi, utcnow
+from brain_service.api import AdminApi, Hub, JobApi
 from brain_service.auth import KeyCheck, read_key
 from brain_service.config import BrainConfig
 from brain_service.errors import BrainError
 from brain_service.intake import DecodeGuard
 from brain_service.schema import require_current
 from brain_service.settings import SettingError
-from brain_service.store import Store
+from brain_service.store import Store, utcnow
 from brain_service.vault import Vault
 
 log = structlog.get_logger("brain")

@@ -521,23 +521,19 @@ class Store:
                     .limit(max_jobs + 8)
                 )
             ).all()
-            if not candidates:
-                next_due_at = conn.execute(
-                    select(func.min(_J.c.available_at)).where(_J.c.state == PENDING)
-                ).scalar()
-                return Claim([], reclaimed, next_due_at, now)
+            claimed: list[ClaimedJob] = []
+            if candidates:
+                open_steps: dict[str, list[int]] = {row.id: [] for row in candidates}
+                for job_id, index in conn.execute(
+                    select(_S.c.job_id, _S.c.index)
+                    .where(_S.c.job_id.in_(open_steps), _S.c.finished.is_(False))
+                    .order_by(_S.c.job_id, _S.c.index)
+                ):
+                    open_steps[job_id].append(index)
+                claimed = self._lease_jobs(
+                    conn, candidates, open_steps, worker_id, max_jobs, now
+                )
 
-            open_steps: dict[str, list[int]] = {row.id: [] for row in candidates}
-            for job_id, index in conn.execute(
-                select(_S.c.job_id, _S.c.index)
-                .where(_S.c.job_id.in_(open_steps), _S.c.finished.is_(False))
-                .order_by(_S.c.job_id, _S.c.index)
-            ):
-                open_steps[job_id].append(index)
-
-            claimed = self._lease_jobs(
-                conn, candidates, open_steps, worker_id, max_jobs, now
-            )
             next_due_at = None
             if not claimed:
                 next_due_at = conn.execute(
