@@ -625,7 +625,9 @@ def test_second_shutdown_hands_the_running_job_back_as_retry():
         (done,) = peer.completions
         assert done.outcome == jobs_pb2.OUTCOME_RETRY
         assert done.error_code == "worker_shutdown"
-        assert [r.step_index for r in peer.results()] == [0]
+        # Step 0's result may ride on CompleteJob as well when its ack was
+        # still in flight at the hand-back; Brain records a repeat once.
+        assert {r.step_index for r in peer.results()} == {0}
 
     run(scenario)
 
