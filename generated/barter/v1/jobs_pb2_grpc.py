@@ -50,6 +50,11 @@ class JobServiceStub:
                 request_serializer=barter_dot_v1_dot_jobs__pb2.CompleteJobRequest.SerializeToString,
                 response_deserializer=barter_dot_v1_dot_jobs__pb2.CompleteJobResponse.FromString,
                 _registered_method=True)
+        self.CompleteJobs = channel.unary_unary(
+                '/barter.v1.JobService/CompleteJobs',
+                request_serializer=barter_dot_v1_dot_jobs__pb2.CompleteJobsRequest.SerializeToString,
+                response_deserializer=barter_dot_v1_dot_jobs__pb2.CompleteJobsResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -81,6 +86,17 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompleteJobs(self, request, context):
+        """Several CompleteJob calls in one round trip, for a worker finishing
+        many jobs at once. Each completion is applied exactly as CompleteJob
+        applies it and answered on its own: a refused one (a stale lease, say)
+        changes nothing and does not hold up the others. The call itself fails
+        only when the whole request is malformed or the store is unavailable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +114,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CompleteJob,
                     request_deserializer=barter_dot_v1_dot_jobs__pb2.CompleteJobRequest.FromString,
                     response_serializer=barter_dot_v1_dot_jobs__pb2.CompleteJobResponse.SerializeToString,
+            ),
+            'CompleteJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteJobs,
+                    request_deserializer=barter_dot_v1_dot_jobs__pb2.CompleteJobsRequest.FromString,
+                    response_serializer=barter_dot_v1_dot_jobs__pb2.CompleteJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +203,33 @@ class JobService:
             '/barter.v1.JobService/CompleteJob',
             barter_dot_v1_dot_jobs__pb2.CompleteJobRequest.SerializeToString,
             barter_dot_v1_dot_jobs__pb2.CompleteJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/barter.v1.JobService/CompleteJobs',
+            barter_dot_v1_dot_jobs__pb2.CompleteJobsRequest.SerializeToString,
+            barter_dot_v1_dot_jobs__pb2.CompleteJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

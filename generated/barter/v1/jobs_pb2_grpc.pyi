@@ -46,6 +46,13 @@ class JobServiceStub:
     """The final word on a leased job. Idempotent: the same token and outcome
     sent again succeed and change nothing.
     """
+    CompleteJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CompleteJobsRequest, _jobs_pb2.CompleteJobsResponse]
+    """Several CompleteJob calls in one round trip, for a worker finishing
+    many jobs at once. Each completion is applied exactly as CompleteJob
+    applies it and answered on its own: a refused one (a stale lease, say)
+    changes nothing and does not hold up the others. The call itself fails
+    only when the whole request is malformed or the store is unavailable.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -64,6 +71,13 @@ class JobServiceAsyncStub(JobServiceStub):
     CompleteJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CompleteJobRequest, _jobs_pb2.CompleteJobResponse]  # type: ignore[assignment]
     """The final word on a leased job. Idempotent: the same token and outcome
     sent again succeed and change nothing.
+    """
+    CompleteJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CompleteJobsRequest, _jobs_pb2.CompleteJobsResponse]  # type: ignore[assignment]
+    """Several CompleteJob calls in one round trip, for a worker finishing
+    many jobs at once. Each completion is applied exactly as CompleteJob
+    applies it and answered on its own: a refused one (a stale lease, say)
+    changes nothing and does not hold up the others. The call itself fails
+    only when the whole request is malformed or the store is unavailable.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -98,6 +112,19 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_jobs_pb2.CompleteJobResponse, _abc.Awaitable[_jobs_pb2.CompleteJobResponse]]:
         """The final word on a leased job. Idempotent: the same token and outcome
         sent again succeed and change nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteJobs(
+        self,
+        request: _jobs_pb2.CompleteJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.CompleteJobsResponse, _abc.Awaitable[_jobs_pb2.CompleteJobsResponse]]:
+        """Several CompleteJob calls in one round trip, for a worker finishing
+        many jobs at once. Each completion is applied exactly as CompleteJob
+        applies it and answered on its own: a refused one (a stale lease, say)
+        changes nothing and does not hold up the others. The call itself fails
+        only when the whole request is malformed or the store is unavailable.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
