@@ -32,7 +32,14 @@ from brain_service.errors import (
     WrongState,
 )
 from brain_service.outcomes import FINAL_STATES
-from brain_service.store import ClaimedJob, Reclaimed, Store, utcnow
+from brain_service.store import (
+    ClaimedJob,
+    CompletionIn,
+    Finish,
+    Reclaimed,
+    Store,
+    utcnow,
+)
 
 log = structlog.get_logger("brain")
 T = TypeVar("T")
@@ -287,28 +294,73 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
     async def CompleteJob(
         self, request: jobs_pb2.CompleteJobRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.CompleteJobResponse:
+        (answer,) = await self._finish([validation.complete_request(request)])
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    @abort_on_error
+    async def CompleteJobs(
+        self, request: jobs_pb2.CompleteJobsRequest, context: grpc.aio.ServicerContext
+    ) -> jobs_pb2.CompleteJobsResponse:
+        validation.completion_batch(request)
+        # A malformed completion is answered on its own, like a refused one.
+        checked: list[CompletionIn | InvalidArgument] = []
+        for item in request.completions:
+            try:
+                checked.append(validation.complete_request(item))
+            except InvalidArgument as exc:
+                checked.append(exc)
+        valid = [c for c in checked if isinstance(c, CompletionIn)]
+        answers = iter(await self._finish(valid) if valid else [])
+        reply = jobs_pb2.CompleteJobsResponse()
+        for item, check in zip(request.completions, checked, strict=True):
+            answer = next(answers) if isinstance(check, CompletionIn) else check
+            result = reply.results.add(job_id=item.job_id)
+            if isinstance(answer, BaseException):
+                code, message = _status(answer, "CompleteJobs")
+                result.code = code.value[0]
+                result.message = message
+            else:
+                result.response.CopyFrom(answer)
+        return reply
+
+    async def _finish(
+        self, completions: list[CompletionIn]
+    ) -> list[jobs_pb2.CompleteJobResponse | BrainError]:
+        """Finish jobs in one store call; log them and wake the long-polls
+        that the freed accounts and retried jobs give work to."""
         hub = self.hub
-        args = validation.complete_request(request)
-        finish = await hub.run(hub.store.finish_job, **args)
-        if not finish.repeated:
-            level = log.error if finish.state == "FAILED" else log.info
-            level(
-                "job_completed",
-                job_id=args["job_id"],
-                reported=args["outcome"],
-                state=finish.state,
-                error_code=finish.decision.error_code if finish.decision else "",
+        finishes = await hub.run(hub.store.finish_jobs, completions)
+        answers: list[jobs_pb2.CompleteJobResponse | BrainError] = []
+        retrying = 0
+        for completion, finish in zip(completions, finishes.answers, strict=True):
+            if isinstance(finish, BrainError):
+                answers.append(finish)
+                continue
+            if not finish.repeated:
+                level = log.error if finish.state == "FAILED" else log.info
+                level(
+                    "job_completed",
+                    job_id=completion.job_id,
+                    reported=completion.outcome,
+                    state=finish.state,
+                    error_code=finish.decision.error_code if finish.decision else "",
+                )
+                retrying += finish.state == "PENDING"
+            answers.append(
+                jobs_pb2.CompleteJobResponse(
+                    state=convert.job_state(finish.state),
+                    available_at=convert.timestamp(finish.available_at),
+                )
             )
+        if any(isinstance(f, Finish) and not f.repeated for f in finishes.answers):
             # Wake only as many long-polls as there is new work: the jobs the
-            # freed accounts unblocked, and one to re-read the due time of a
-            # job sent back for retry. Waking them all made every completion
-            # cost one claim per idle worker.
-            retrying = 1 if finish.state == "PENDING" else 0
-            hub.job_changed(claimable=finish.unblocked + retrying)
-        return jobs_pb2.CompleteJobResponse(
-            state=convert.job_state(finish.state),
-            available_at=convert.timestamp(finish.available_at),
-        )
+            # freed accounts unblocked, and one per job sent back for retry to
+            # re-read its due time. Waking them all made every completion cost
+            # one claim per idle worker.
+            hub.job_changed(claimable=finishes.unblocked + retrying)
+        return answers
 
 
 class AdminApi(admin_pb2_grpc.AdminServiceServicer):

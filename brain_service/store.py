@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from brain_service.config import BrainConfig
 from brain_service.errors import (
     AlreadyExists,
+    BrainError,
     InvalidArgument,
     LeaseLost,
     NotFound,
@@ -105,6 +106,26 @@ _LEASE_COLUMNS = (
     _J.c.steps_done,
 )
 
+# What a lease's end may set on its job; completion reads them all, so that
+# one statement can end many leases, each with its own decision.
+_END_COLUMNS = (
+    "state",
+    "lease_deadline",
+    "worker_id",
+    "updated_at",
+    "last_error_code",
+    "last_error_message",
+    "available_at",
+    "finished_at",
+)
+_FINISH_COLUMNS = (
+    *_LEASE_COLUMNS,
+    _J.c.last_error_code,
+    _J.c.last_error_message,
+    _J.c.finished_at,
+    _J.c.updated_at,
+)
+
 # PostgreSQL channel on which replicas tell each other about job changes.
 NOTIFY_CHANNEL = "barter_jobs"
 
@@ -138,6 +159,19 @@ class StepResultIn:
 class SessionIn:
     username: str
     settings: bytes
+
+
+@dataclass(frozen=True)
+class CompletionIn:
+    """A worker's final word on one leased job (one CompleteJob)."""
+
+    job_id: str
+    token: str
+    outcome: str
+    results: Sequence[StepResultIn]
+    error_code: str
+    error_message: str
+    sessions: Sequence[SessionIn]
 
 
 @dataclass(frozen=True)
@@ -226,7 +260,14 @@ class Finish:
     available_at: datetime | None
     repeated: bool
     decision: Decision | None
-    # Waiting jobs made due by the accounts this completion freed.
+
+
+@dataclass(frozen=True)
+class Finishes:
+    """One answer per completion, in order: its Finish or the error refusing it."""
+
+    answers: list[Finish | BrainError]
+    # Waiting jobs made due by the accounts these completions freed.
     unblocked: int = 0
 
 
@@ -792,84 +833,150 @@ class Store:
                 .returning(*_LEASE_COLUMNS)
             ).first()
             if job is None:
-                raise self._why_lease_lost(s, job_id, now)
-            newly = self._record_results(conn, job, results, now)
+                row = conn.execute(
+                    select(*_LEASE_COLUMNS).where(_J.c.id == job_id)
+                ).first()
+                raise self._refusal(job_id, row, token, now)
+            steps = self._steps_of(conn, [job_id]).get(job_id, {})
+            fresh = self._check_results(steps, results)
+            self._check_sessions(job_id, steps, sessions)
+            newly = self._write_results(conn, [(job, fresh)], now)[job_id]
+            self._write_sessions(conn, sessions, now)
             if newly:
                 conn.execute(
                     update(_J)
                     .where(_J.c.id == job_id)
                     .values(steps_done=_J.c.steps_done + newly)
                 )
-            self._store_sessions(s, job_id, sessions, now)
         return Renewal(deadline, bool(job.cancel_requested), newly)
 
-    def finish_job(
-        self,
-        job_id: str,
-        token: str,
-        outcome: str,
-        results: Sequence[StepResultIn],
-        error_code: str,
-        error_message: str,
-        sessions: Sequence[SessionIn],
-    ) -> Finish:
-        """Apply a worker's final word; a repeat of the same word changes nothing."""
+    def finish_jobs(self, completions: Sequence[CompletionIn]) -> Finishes:
+        """Apply workers' final words, each on its own, in one transaction.
+
+        Each answer is what finishing that job alone would give: a Finish, or
+        the error that refuses it. A refused completion writes nothing, and a
+        repeat of the same word changes nothing. Job ids must be distinct.
+        """
+        answers: list[Finish | BrainError | None] = [None] * len(completions)
         with self._transaction() as s:
             now = utcnow()
             conn = s.connection()
-            job = conn.execute(
-                self._for_update(select(*_LEASE_COLUMNS).where(_J.c.id == job_id))
-            ).first()
-            if job is None:
-                raise NotFound(f"job_id: no job {job_id}")
-            if job.lease_token != token:
-                raise self._why_lease_lost(s, job_id, now)
-            if job.state != LEASED:
-                if job.outcome == outcome:
-                    available = job.available_at if job.state == PENDING else None
-                    return Finish(job.state, available, repeated=True, decision=None)
-                raise LeaseLost(
-                    f"job {job_id} was already completed as {job.outcome}; "
-                    f"{outcome} refused"
+            rows = {
+                row.id: row
+                for row in conn.execute(
+                    self._for_update(
+                        select(*_FINISH_COLUMNS).where(
+                            _J.c.id.in_([c.job_id for c in completions])
+                        )
+                    )
                 )
-            if job.lease_deadline is None or job.lease_deadline < now:
-                raise LeaseLost(
-                    f"lease on job {job_id} expired at {job.lease_deadline}"
-                )
+            }
+            live: list[tuple[int, CompletionIn, Row]] = []
+            for i, completion in enumerate(completions):
+                job = rows.get(completion.job_id)
+                answers[i] = self._settled(completion, job, now)
+                if answers[i] is None:
+                    live.append((i, completion, job))
 
-            newly = self._record_results(conn, job, results, now)
-            self._store_sessions(s, job_id, sessions, now)
-            unfinished: list[int] = []
-            if job.steps_done + newly < job.size:
-                unfinished = list(
-                    conn.execute(
-                        select(_S.c.index)
-                        .where(_S.c.job_id == job_id, _S.c.finished.is_(False))
-                        .order_by(_S.c.index)
-                    ).scalars()
+            # Everything is checked before anything is written, so that a
+            # refused completion leaves no trace beside the accepted ones.
+            steps = self._steps_of(conn, [job.id for _, _, job in live])
+            accepted: list[tuple[CompletionIn, Row, list, bool, Decision]] = []
+            for i, completion, job in live:
+                job_steps = steps.get(job.id, {})
+                try:
+                    fresh = self._check_results(job_steps, completion.results)
+                    self._check_sessions(job.id, job_steps, completion.sessions)
+                    finishing = {
+                        result.step_index
+                        for result, _ in fresh
+                        if result.outcome in FINISHED_RESULTS
+                    }
+                    unfinished = sorted(
+                        index
+                        for index, step in job_steps.items()
+                        if not step.finished and index not in finishing
+                    )
+                    decision = decide_completion(
+                        completion.outcome,
+                        unfinished,
+                        job.attempts,
+                        job.max_attempts,
+                        job.cancel_requested,
+                        completion.error_code,
+                        completion.error_message,
+                        self.config,
+                        now,
+                    )
+                except InvalidArgument as exc:
+                    answers[i] = exc
+                    continue
+                answers[i] = Finish(
+                    decision.state, decision.available_at, False, decision
                 )
-            decision = decide_completion(
-                outcome,
-                unfinished,
-                job.attempts,
-                job.max_attempts,
-                job.cancel_requested,
-                error_code,
-                error_message,
-                self.config,
-                now,
+                accepted.append((completion, job, fresh, bool(unfinished), decision))
+
+            unblocked = 0
+            if accepted:
+                newly = self._write_results(
+                    conn, [(job, fresh) for _, job, fresh, _, _ in accepted], now
+                )
+                self._write_sessions(
+                    conn, [x for c, *_ in accepted for x in c.sessions], now
+                )
+                self._free_workforce(
+                    conn,
+                    [job.id for _, job, *_ in accepted],
+                    [job.id for _, job, _, left, _ in accepted if left],
+                    now,
+                )
+                conn.execute(
+                    update(_J)
+                    .where(_J.c.id == bindparam("b_id"))
+                    .values(
+                        {
+                            **{name: bindparam(f"b_{name}") for name in _END_COLUMNS},
+                            "outcome": bindparam("b_reported"),
+                            "steps_done": _J.c.steps_done + bindparam("b_newly"),
+                        }
+                    ),
+                    [
+                        {
+                            "b_id": job.id,
+                            "b_reported": completion.outcome,
+                            "b_newly": newly[job.id],
+                            **{
+                                f"b_{name}": value
+                                for name, value in self._ended(
+                                    decision, now, job
+                                ).items()
+                            },
+                        }
+                        for completion, job, _, _, decision in accepted
+                    ],
+                )
+                unblocked = self._wake_waiting_jobs(conn, now)
+                self._notify(s, "work")
+        assert all(a is not None for a in answers)
+        return Finishes(answers, unblocked)  # type: ignore[arg-type]
+
+    def _settled(
+        self, completion: CompletionIn, job: Row | None, now: datetime
+    ) -> Finish | BrainError | None:
+        """The answer to a completion that needs no writing, or None to go on."""
+        if job is None or job.lease_token != completion.token:
+            return self._refusal(completion.job_id, job, completion.token, now)
+        if job.state != LEASED:
+            if job.outcome == completion.outcome:
+                available = job.available_at if job.state == PENDING else None
+                return Finish(job.state, available, repeated=True, decision=None)
+            return LeaseLost(
+                f"job {job.id} was already completed as {job.outcome}; "
+                f"{completion.outcome} refused"
             )
-            unblocked = self._end_lease(
-                conn,
-                job_id,
-                decision,
-                now,
-                has_unfinished=bool(unfinished),
-                outcome=outcome,
-                steps_done=_J.c.steps_done + newly,
-            )
-            self._notify(s, "work")
-        return Finish(decision.state, decision.available_at, False, decision, unblocked)
+        if job.lease_deadline is None or job.lease_deadline < now:
+            return LeaseLost(f"lease on job {job.id} expired at {job.lease_deadline}")
+        return None
 
     def hand_back(self, job_id: str, token: str, fail_reason: str = "") -> str:
         """Undo a claim whose reply could not be sent: the attempt never began.
@@ -946,23 +1053,25 @@ class Store:
 
         Returns how many waiting jobs the freed accounts made due.
         """
+        self._free_workforce(conn, [job_id], [job_id] if has_unfinished else [], now)
         conn.execute(
-            update(_A)
-            .where(_A.c.busy_job_id == job_id)
-            .values(busy_job_id=None, updated_at=now)
+            update(_J)
+            .where(_J.c.id == job_id)
+            .values(**self._ended(decision, now), **job_values)
         )
-        if has_unfinished:
-            conn.execute(
-                update(_S)
-                .where(_S.c.job_id == job_id, _S.c.finished.is_(False))
-                .values(account_id=None)
-            )
+        return self._wake_waiting_jobs(conn, now)
+
+    @staticmethod
+    def _ended(
+        decision: Decision, now: datetime, job: Row | None = None
+    ) -> dict[str, object]:
+        """The job columns a lease's end sets; with `job`, every _END_COLUMNS
+        value, the ones this decision leaves alone taken from `job`."""
         values: dict[str, object] = {
             "state": decision.state,
             "lease_deadline": None,
             "worker_id": None,
             "updated_at": now,
-            **job_values,
         }
         if decision.error_code or decision.state == "SUCCEEDED":
             values["last_error_code"] = decision.error_code
@@ -971,8 +1080,29 @@ class Store:
             values["available_at"] = decision.available_at or now
         else:
             values["finished_at"] = now
-        conn.execute(update(_J).where(_J.c.id == job_id).values(**values))
-        return self._wake_waiting_jobs(conn, now)
+        if job is not None:
+            values = {name: getattr(job, name) for name in _END_COLUMNS} | values
+        return values
+
+    def _free_workforce(
+        self,
+        conn: Connection,
+        job_ids: Sequence[str],
+        with_unfinished: Sequence[str],
+        now: datetime,
+    ) -> None:
+        """Release the jobs' accounts, and the unfinished steps' assignments."""
+        conn.execute(
+            update(_A)
+            .where(_A.c.busy_job_id.in_(job_ids))
+            .values(busy_job_id=None, updated_at=now)
+        )
+        if with_unfinished:
+            conn.execute(
+                update(_S)
+                .where(_S.c.job_id.in_(with_unfinished), _S.c.finished.is_(False))
+                .values(account_id=None)
+            )
 
     def _wake_waiting_jobs(self, conn: Connection | Session, now: datetime) -> int:
         """Jobs that waited for accounts are due again once accounts free up.
@@ -995,8 +1125,9 @@ class Store:
             return stmt.with_for_update()
         return stmt
 
-    def _why_lease_lost(self, s: Session, job_id: str, now: datetime) -> Exception:
-        job = s.get(Job, job_id)
+    @staticmethod
+    def _refusal(job_id: str, job: Row | None, token: str, now: datetime) -> BrainError:
+        """Why a write under `token` is refused on this job."""
         if job is None:
             return NotFound(f"job_id: no job {job_id}")
         if job.state == LEASED and job.lease_deadline and job.lease_deadline < now:
@@ -1006,43 +1137,42 @@ class Store:
             f"(the job is {job.state}; the lease expired or was handed on)"
         )
 
-    def _record_results(
-        self,
-        conn: Connection,
-        job: Row,
-        results: Sequence[StepResultIn],
-        now: datetime,
-    ) -> int:
-        """Log step attempts and apply their effect on steps and accounts.
-
-        Returns how many steps became finished.
-        """
-        if not results:
-            return 0
-        steps = {
-            row.index: row
-            for row in conn.execute(
-                select(
-                    _S.c.index,
-                    _S.c.finished,
-                    _S.c.account_id,
-                    _A.c.username,
-                    _A.c.throttle_streak,
-                    _A.c.state,
-                    _A.c.state_reason,
-                    _A.c.state_changed_at,
-                    _A.c.cooldown_until,
-                    _A.c.last_action_at,
-                )
-                .select_from(_S.outerjoin(_A, _A.c.id == _S.c.account_id))
-                .where(
-                    _S.c.job_id == job.id,
-                    _S.c.index.in_({r.step_index for r in results}),
-                )
+    @staticmethod
+    def _steps_of(
+        conn: Connection, job_ids: Sequence[str]
+    ) -> dict[str, dict[int, Row]]:
+        """Each job's steps by index, with the assigned account's columns."""
+        steps: dict[str, dict[int, Row]] = {}
+        if not job_ids:
+            return steps
+        for row in conn.execute(
+            select(
+                _S.c.job_id,
+                _S.c.index,
+                _S.c.finished,
+                _S.c.account_id,
+                _A.c.username,
+                _A.c.busy_job_id,
+                _A.c.throttle_streak,
+                _A.c.state,
+                _A.c.state_reason,
+                _A.c.state_changed_at,
+                _A.c.cooldown_until,
+                _A.c.last_action_at,
             )
-        }
+            .select_from(_S.outerjoin(_A, _A.c.id == _S.c.account_id))
+            .where(_S.c.job_id.in_(job_ids))
+        ):
+            steps.setdefault(row.job_id, {})[row.index] = row
+        return steps
 
-        log_rows, step_rows, accounts = [], [], {}
+    @staticmethod
+    def _check_results(
+        steps: dict[int, Row], results: Sequence[StepResultIn]
+    ) -> list[tuple[StepResultIn, Row]]:
+        """The results not recorded before, each with its step; raises
+        InvalidArgument for a step the job lacks or an account not on it."""
+        fresh: list[tuple[StepResultIn, Row]] = []
         done_now: set[int] = set()
         for i, result in enumerate(results):
             step = steps.get(result.step_index)
@@ -1057,42 +1187,71 @@ class Store:
                     f"results[{i}].account_username",
                     f"step {step.index} is assigned to {step.username or 'no account'}",
                 )
-            finished = result.outcome in FINISHED_RESULTS
-            if finished:
+            if result.outcome in FINISHED_RESULTS:
                 done_now.add(step.index)
-            log_rows.append(
-                {
-                    "job_id": job.id,
-                    "step_index": step.index,
-                    "attempt": job.attempts,
-                    "account_id": step.account_id,
-                    "account_username": step.username,
-                    "target": job.target,
-                    "action": job.action,
-                    "tier": job.tier,
-                    "result": result.outcome,
-                    "error_code": result.error_code,
-                    "error": result.error_message,
-                    "worker_id": job.worker_id or "",
-                    "created_at": now,
-                }
-            )
-            step_rows.append(
-                {
-                    "b_job": job.id,
-                    "b_index": step.index,
-                    "b_finished": finished,
-                    "b_outcome": result.outcome,
-                    "b_code": result.error_code,
-                    "b_message": result.error_message,
-                }
-            )
-            accounts[step.account_id] = self._account_after(
-                accounts.get(step.account_id) or dict(step._mapping), result, now
-            )
+            fresh.append((result, step))
+        return fresh
 
+    @staticmethod
+    def _check_sessions(
+        job_id: str, steps: dict[int, Row], sessions: Sequence[SessionIn]
+    ) -> None:
+        """Raise InvalidArgument for a session of an account not in this job."""
+        working = {s.username for s in steps.values() if s.busy_job_id == job_id}
+        for i, session in enumerate(sessions):
+            if session.username not in working:
+                raise InvalidArgument(
+                    f"refreshed_sessions[{i}].username",
+                    f"{session.username} is not working on job {job_id}",
+                )
+
+    def _write_results(
+        self,
+        conn: Connection,
+        jobs: Sequence[tuple[Row, list[tuple[StepResultIn, Row]]]],
+        now: datetime,
+    ) -> dict[str, int]:
+        """Log checked step results and apply their effect on steps and
+        accounts; returns how many steps each job finished."""
+        newly = {job.id: 0 for job, _ in jobs}
+        log_rows, step_rows, accounts = [], [], {}
+        for job, fresh in jobs:
+            for result, step in fresh:
+                finished = result.outcome in FINISHED_RESULTS
+                newly[job.id] += finished
+                log_rows.append(
+                    {
+                        "job_id": job.id,
+                        "step_index": step.index,
+                        "attempt": job.attempts,
+                        "account_id": step.account_id,
+                        "account_username": step.username,
+                        "target": job.target,
+                        "action": job.action,
+                        "tier": job.tier,
+                        "result": result.outcome,
+                        "error_code": result.error_code,
+                        "error": result.error_message,
+                        "worker_id": job.worker_id or "",
+                        "created_at": now,
+                    }
+                )
+                step_rows.append(
+                    {
+                        "b_job": job.id,
+                        "b_index": step.index,
+                        "b_finished": finished,
+                        "b_outcome": result.outcome,
+                        "b_code": result.error_code,
+                        "b_message": result.error_message,
+                    }
+                )
+                accounts[step.account_id] = self._account_after(
+                    accounts.get(step.account_id) or dict(step._mapping), result, now
+                )
         if not log_rows:
-            return 0
+            return newly
+
         insert = postgresql.insert if self._is_postgres else sqlite.insert
         # The unique effect keys make a second record of the same effect a
         # no-op rather than an error.
@@ -1136,7 +1295,7 @@ class Store:
                 for account_id, acc in accounts.items()
             ],
         )
-        return len(done_now)
+        return newly
 
     def _account_after(
         self, account: dict, result: StepResultIn, now: datetime
@@ -1162,20 +1321,20 @@ class Store:
             account["cooldown_until"] = change.cooldown_until
         return account
 
-    def _store_sessions(
-        self, s: Session, job_id: str, sessions: Sequence[SessionIn], now: datetime
+    def _write_sessions(
+        self, conn: Connection, sessions: Sequence[SessionIn], now: datetime
     ) -> None:
-        for i, session in enumerate(sessions):
-            account = s.scalar(
-                select(Account).where(Account.username == session.username)
+        """Seal and store checked session settings."""
+        if sessions:
+            conn.execute(
+                update(_A)
+                .where(_A.c.username == bindparam("b_user"))
+                .values(settings_enc=bindparam("b_sealed"), updated_at=now),
+                [
+                    {"b_user": s.username, "b_sealed": self.vault.seal(s.settings)}
+                    for s in sessions
+                ],
             )
-            if account is None or account.busy_job_id != job_id:
-                raise InvalidArgument(
-                    f"refreshed_sessions[{i}].username",
-                    f"{session.username} is not working on job {job_id}",
-                )
-            account.settings_enc = self.vault.seal(session.settings)
-            account.updated_at = now
 
     # Jobs: operator actions and reads.
 

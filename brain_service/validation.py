@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from barter.v1 import admin_pb2, common_pb2, jobs_pb2
 from brain_service.config import Tier
 from brain_service.errors import InvalidArgument
-from brain_service.store import AccountIn, JobSpecIn, SessionIn, StepResultIn
+from brain_service.store import (
+    AccountIn,
+    CompletionIn,
+    JobSpecIn,
+    SessionIn,
+    StepResultIn,
+)
 
 USERNAME = re.compile(r"[A-Za-z0-9._]{1,30}")
 TOKEN = re.compile(r"[0-9a-f]{32}")
@@ -21,6 +27,7 @@ MAX_SUBMIT_BATCH = 1000
 MAX_IMPORT_BATCH = 1000
 MAX_WATCH_IDS = 1000
 MAX_CLAIM_BATCH = 64
+MAX_COMPLETION_BATCH = 256
 MAX_PAGE_SIZE = 500
 MAX_PASSWORD_CHARS = 256
 MAX_SETTINGS_BYTES = 64 * 1024
@@ -202,27 +209,43 @@ def progress_update(request: jobs_pb2.ProgressUpdate) -> dict:
     }
 
 
-def complete_request(request: jobs_pb2.CompleteJobRequest) -> dict:
-    """Keyword arguments for Store.finish_job, less `now`."""
+def complete_request(request: jobs_pb2.CompleteJobRequest) -> CompletionIn:
+    """One completion for Store.finish_jobs."""
     if request.outcome not in OUTCOMES:
         raise InvalidArgument(
             "outcome", "must be SUCCEEDED, FAILED, RETRY or CANCELLED"
         )
-    return {
-        "job_id": job_id(request.job_id),
-        "token": lease_token(request.lease_token),
-        "outcome": OUTCOMES[request.outcome],
-        "results": step_results(request.results, "results"),
-        "error_code": bounded_text(
-            request.error_code, "error_code", MAX_ERROR_CODE_CHARS
-        ),
-        "error_message": bounded_text(
+    return CompletionIn(
+        job_id=job_id(request.job_id),
+        token=lease_token(request.lease_token),
+        outcome=OUTCOMES[request.outcome],
+        results=step_results(request.results, "results"),
+        error_code=bounded_text(request.error_code, "error_code", MAX_ERROR_CODE_CHARS),
+        error_message=bounded_text(
             request.error_message, "error_message", MAX_MESSAGE_CHARS
         ),
-        "sessions": refreshed_sessions(
-            request.refreshed_sessions, "refreshed_sessions"
-        ),
-    }
+        sessions=refreshed_sessions(request.refreshed_sessions, "refreshed_sessions"),
+    )
+
+
+def completion_batch(request: jobs_pb2.CompleteJobsRequest) -> None:
+    """Raise InvalidArgument unless the batch has 1-256 distinct jobs.
+
+    Each completion is checked on its own by `complete_request`.
+    """
+    count = len(request.completions)
+    if not 1 <= count <= MAX_COMPLETION_BATCH:
+        raise InvalidArgument(
+            "completions", f"must hold 1-{MAX_COMPLETION_BATCH} (got {count})"
+        )
+    seen: dict[str, int] = {}
+    for i, completion in enumerate(request.completions):
+        first = seen.setdefault(completion.job_id, i)
+        if first != i:
+            raise InvalidArgument(
+                f"completions[{i}].job_id",
+                f"job {completion.job_id} is also completions[{first}]",
+            )
 
 
 # AdminService
