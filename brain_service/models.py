@@ -125,13 +125,21 @@ class Account(Base):
     cooldown_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Consecutive throttles; each doubles the next cooldown.
     throttle_streak: Mapped[int] = mapped_column(Integer, default=0)
-    busy_job_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    busy_job_id: Mapped[str | None] = mapped_column(String(36))
     # Fernet tokens; never plaintext.
     password_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     settings_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     last_action_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        # The free accounts (busy_job_id IS NULL) in the order a claim takes
+        # them, least recently used first: a claim reads the first few entries
+        # instead of filtering and sorting every account. Also serves lookups
+        # by busy_job_id.
+        Index("ix_accounts_free_order", "busy_job_id", "last_action_at", "id"),
+    )
 
 
 class ActionLogEntry(Base):
