@@ -359,6 +359,131 @@ def _decode_cursor(token: str, count: int) -> list[str]:
     return parts
 
 
+class _ClaimStatements:
+    """The claim path's statements, built once per store.
+
+    Building a SQLAlchemy statement costs more than SQLite takes to run it,
+    and a claim runs about nine; every value arrives as a b_* parameter.
+    """
+
+    def __init__(self, is_postgres: bool) -> None:
+        def locked(stmt):  # noqa: ANN001, ANN202 - a Select in, a Select out
+            # Row locks that concurrent claimers skip, where the store has them.
+            return stmt.with_for_update(skip_locked=True) if is_postgres else stmt
+
+        now = bindparam("b_now")
+        self.expired = locked(
+            select(*_LEASE_COLUMNS).where(
+                _J.c.state == LEASED, _J.c.lease_deadline < now
+            )
+        )
+        self.candidates = locked(
+            select(*_CLAIM_COLUMNS)
+            .where(_J.c.state == PENDING, _J.c.available_at <= now)
+            .order_by(_J.c.priority.desc(), _J.c.available_at, _J.c.created_at)
+            .limit(bindparam("b_limit"))
+        )
+        self.open_steps = (
+            select(_S.c.job_id, _S.c.index)
+            .where(
+                _S.c.job_id.in_(bindparam("b_ids", expanding=True)),
+                _S.c.finished.is_(False),
+            )
+            .order_by(_S.c.job_id, _S.c.index)
+        )
+        self.next_due = select(func.min(_J.c.available_at)).where(_J.c.state == PENDING)
+
+        def actions_since(since: str):  # noqa: ANN202 - a scalar subquery
+            return (
+                select(func.count())
+                .where(_L.c.account_id == _A.c.id, _L.c.created_at > bindparam(since))
+                .scalar_subquery()
+            )
+
+        free = (
+            select(
+                _A.c.id,
+                _A.c.username,
+                _A.c.state,
+                _A.c.password_enc,
+                _A.c.settings_enc,
+            )
+            .where(
+                or_(
+                    _A.c.state == ACTIVE,
+                    and_(_A.c.state == COOLDOWN, _A.c.cooldown_until <= now),
+                ),
+                _A.c.busy_job_id.is_(None),
+                or_(
+                    _A.c.last_action_at.is_(None),
+                    _A.c.last_action_at <= bindparam("b_gap_start"),
+                ),
+                actions_since("b_hour_ago") < bindparam("b_per_hour"),
+                actions_since("b_day_ago") < bindparam("b_per_day"),
+            )
+            .order_by(_A.c.last_action_at.asc().nulls_first(), _A.c.id)
+            .limit(bindparam("b_limit"))
+        )
+        self.free_accounts = locked(free)
+        # Only accounts that have not taken this job's action on its target.
+        self.free_accounts_for_job = locked(
+            free.where(
+                ~exists().where(
+                    _L.c.account_id == _A.c.id,
+                    _L.c.action == bindparam("b_action"),
+                    _L.c.target == bindparam("b_target"),
+                    _L.c.result.in_(FINISHED_RESULTS),
+                )
+            )
+        )
+        self.acted_on = select(_L.c.account_id, _L.c.action, _L.c.target).where(
+            _L.c.account_id.in_(bindparam("b_accounts", expanding=True)),
+            _L.c.target.in_(bindparam("b_targets", expanding=True)),
+            _L.c.result.in_(FINISHED_RESULTS),
+        )
+        self.wait_for_accounts = (
+            update(_J)
+            .where(_J.c.id == bindparam("b_id"))
+            .values(
+                pending_reason=bindparam("b_reason"),
+                available_at=bindparam("b_at"),
+                updated_at=now,
+            )
+        )
+        self.assign_steps = (
+            update(_S)
+            .where(
+                _S.c.job_id == bindparam("b_job"),
+                _S.c.index == bindparam("b_index"),
+            )
+            .values(account_id=bindparam("b_account"), updated_at=now)
+        )
+        self.make_busy = (
+            update(_A)
+            .where(_A.c.id == bindparam("b_account"))
+            .values(busy_job_id=bindparam("b_job"), updated_at=now)
+        )
+        self.end_cooldowns = (
+            update(_A)
+            .where(_A.c.id.in_(bindparam("b_cooled", expanding=True)))
+            .values(state=ACTIVE, state_reason="", state_changed_at=now)
+        )
+        self.lease = (
+            update(_J)
+            .where(_J.c.id == bindparam("b_id"))
+            .values(
+                state=LEASED,
+                lease_token=bindparam("b_token"),
+                attempts=_J.c.attempts + 1,
+                worker_id=bindparam("b_worker"),
+                lease_deadline=bindparam("b_deadline"),
+                pending_reason="",
+                outcome=None,
+                updated_at=now,
+            )
+        )
+
+
 class NoteHandler(Protocol):
     def __call__(self, kind: str, count: int) -> None: ...
 
@@ -372,6 +497,7 @@ class Store:
         self.vault = vault
         self.engine = make_engine(url, config.sqlite_synchronous)
         self._is_postgres = self.engine.dialect.name == "postgresql"
+        self._claim_sql = _ClaimStatements(self._is_postgres)
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         if url.startswith("sqlite"):
             # Readers in WAL mode never block the writer, so they skip the lock.
@@ -452,12 +578,6 @@ class Store:
         finally:
             if lock is not None:
                 lock.release()
-
-    def _locked(self, stmt):  # noqa: ANN001, ANN202 - a Select in, a Select out
-        """Row locks that concurrent claimers skip, where the store has them."""
-        if self._is_postgres:
-            return stmt.with_for_update(skip_locked=True)
-        return stmt
 
     # Jobs: submit, claim, renew, finish, reclaim.
 
@@ -542,6 +662,7 @@ class Store:
 
     def claim_jobs(self, worker_id: str, max_jobs: int) -> Claim:
         """Lease up to `max_jobs` due jobs whose workforce is free."""
+        sql = self._claim_sql
         with self._transaction() as s:
             # Read the clock once the write lock is held: a deadline counted
             # from before a wait for the lock could be over on arrival.
@@ -555,20 +676,13 @@ class Store:
             # PostgreSQL the job and account rows are locked FOR UPDATE SKIP
             # LOCKED, so a concurrent claimer passes over them instead.
             candidates = conn.execute(
-                self._locked(
-                    select(*_CLAIM_COLUMNS)
-                    .where(_J.c.state == PENDING, _J.c.available_at <= now)
-                    .order_by(_J.c.priority.desc(), _J.c.available_at, _J.c.created_at)
-                    .limit(max_jobs + 8)
-                )
+                sql.candidates, {"b_now": now, "b_limit": max_jobs + 8}
             ).all()
             claimed: list[ClaimedJob] = []
             if candidates:
                 open_steps: dict[str, list[int]] = {row.id: [] for row in candidates}
                 for job_id, index in conn.execute(
-                    select(_S.c.job_id, _S.c.index)
-                    .where(_S.c.job_id.in_(open_steps), _S.c.finished.is_(False))
-                    .order_by(_S.c.job_id, _S.c.index)
+                    sql.open_steps, {"b_ids": list(open_steps)}
                 ):
                     open_steps[job_id].append(index)
                 claimed = self._lease_jobs(
@@ -577,9 +691,7 @@ class Store:
 
             next_due_at = None
             if not claimed:
-                next_due_at = conn.execute(
-                    select(func.min(_J.c.available_at)).where(_J.c.state == PENDING)
-                ).scalar()
+                next_due_at = conn.execute(sql.next_due).scalar()
         return Claim(claimed, reclaimed, next_due_at, now)
 
     def _lease_jobs(
@@ -624,6 +736,7 @@ class Store:
                         f"{len(fits)} free",
                         "b_at": now
                         + timedelta(seconds=self.config.workforce_recheck_s),
+                        "b_now": now,
                     }
                 )
                 continue
@@ -631,16 +744,7 @@ class Store:
             leased.append((job, fits))
 
         if waiting:
-            conn.execute(
-                update(_J)
-                .where(_J.c.id == bindparam("b_id"))
-                .values(
-                    pending_reason=bindparam("b_reason"),
-                    available_at=bindparam("b_at"),
-                    updated_at=now,
-                ),
-                waiting,
-            )
+            conn.execute(self._claim_sql.wait_for_accounts, waiting)
         if not leased:
             return []
         return self._write_leases(conn, leased, open_steps, worker_id, now)
@@ -653,31 +757,19 @@ class Store:
         worker_id: str,
         now: datetime,
     ) -> list[ClaimedJob]:
+        sql = self._claim_sql
         deadline = now + self.config.lease_ttl
         tokens = {job.id: secrets.token_hex(16) for job, _ in leased}
         assignments = [
-            {"b_job": job.id, "b_index": index, "b_account": acc.id}
+            {"b_job": job.id, "b_index": index, "b_account": acc.id, "b_now": now}
             for job, accounts in leased
             for index, acc in zip(open_steps[job.id], accounts, strict=True)
         ]
         # A job retried after all its steps finished has nothing to assign, and
         # executemany with no rows would run the statement once, unbound.
         if assignments:
-            conn.execute(
-                update(_S)
-                .where(
-                    _S.c.job_id == bindparam("b_job"),
-                    _S.c.index == bindparam("b_index"),
-                )
-                .values(account_id=bindparam("b_account"), updated_at=now),
-                assignments,
-            )
-            conn.execute(
-                update(_A)
-                .where(_A.c.id == bindparam("b_account"))
-                .values(busy_job_id=bindparam("b_job"), updated_at=now),
-                assignments,
-            )
+            conn.execute(sql.assign_steps, assignments)
+            conn.execute(sql.make_busy, assignments)
         cooled = [
             acc.id
             for _, accounts in leased
@@ -685,25 +777,19 @@ class Store:
             if acc.state == COOLDOWN
         ]
         if cooled:
-            conn.execute(
-                update(_A)
-                .where(_A.c.id.in_(cooled))
-                .values(state=ACTIVE, state_reason="", state_changed_at=now)
-            )
+            conn.execute(sql.end_cooldowns, {"b_cooled": cooled, "b_now": now})
         conn.execute(
-            update(_J)
-            .where(_J.c.id == bindparam("b_id"))
-            .values(
-                state=LEASED,
-                lease_token=bindparam("b_token"),
-                attempts=_J.c.attempts + 1,
-                worker_id=worker_id,
-                lease_deadline=deadline,
-                pending_reason="",
-                outcome=None,
-                updated_at=now,
-            ),
-            [{"b_id": job.id, "b_token": tokens[job.id]} for job, _ in leased],
+            sql.lease,
+            [
+                {
+                    "b_id": job.id,
+                    "b_token": tokens[job.id],
+                    "b_worker": worker_id,
+                    "b_deadline": deadline,
+                    "b_now": now,
+                }
+                for job, _ in leased
+            ],
         )
 
         claimed = []
@@ -746,11 +832,8 @@ class Store:
         if not account_ids:
             return set()
         rows = conn.execute(
-            select(_L.c.account_id, _L.c.action, _L.c.target).where(
-                _L.c.account_id.in_(account_ids),
-                _L.c.target.in_({job.target for job in jobs}),
-                _L.c.result.in_(FINISHED_RESULTS),
-            )
+            self._claim_sql.acted_on,
+            {"b_accounts": account_ids, "b_targets": list({j.target for j in jobs})},
         )
         return {(row.account_id, row.action, row.target) for row in rows}
 
@@ -763,46 +846,19 @@ class Store:
         """
         if count == 0:
             return []
-
-        def actions_since(since: datetime):  # noqa: ANN202 - a scalar subquery
-            return (
-                select(func.count())
-                .where(_L.c.account_id == _A.c.id, _L.c.created_at > since)
-                .scalar_subquery()
-            )
-
-        gap = timedelta(seconds=self.config.account_min_gap_s)
-        query = (
-            select(
-                _A.c.id,
-                _A.c.username,
-                _A.c.state,
-                _A.c.password_enc,
-                _A.c.settings_enc,
-            )
-            .where(
-                or_(
-                    _A.c.state == ACTIVE,
-                    and_(_A.c.state == COOLDOWN, _A.c.cooldown_until <= now),
-                ),
-                _A.c.busy_job_id.is_(None),
-                or_(_A.c.last_action_at.is_(None), _A.c.last_action_at <= now - gap),
-                actions_since(now - HOUR) < self.config.account_max_per_hour,
-                actions_since(now - DAY) < self.config.account_max_per_day,
-            )
-            .order_by(_A.c.last_action_at.asc().nulls_first(), _A.c.id)
-            .limit(count)
-        )
-        if job is not None:
-            query = query.where(
-                ~exists().where(
-                    _L.c.account_id == _A.c.id,
-                    _L.c.action == job.action,
-                    _L.c.target == job.target,
-                    _L.c.result.in_(FINISHED_RESULTS),
-                )
-            )
-        return conn.execute(self._locked(query)).all()
+        params = {
+            "b_now": now,
+            "b_gap_start": now - timedelta(seconds=self.config.account_min_gap_s),
+            "b_hour_ago": now - HOUR,
+            "b_day_ago": now - DAY,
+            "b_per_hour": self.config.account_max_per_hour,
+            "b_per_day": self.config.account_max_per_day,
+            "b_limit": count,
+        }
+        if job is None:
+            return conn.execute(self._claim_sql.free_accounts, params).all()
+        params |= {"b_action": job.action, "b_target": job.target}
+        return conn.execute(self._claim_sql.free_accounts_for_job, params).all()
 
     def renew_lease(
         self,
@@ -1017,13 +1073,7 @@ class Store:
 
     def _reclaim_expired(self, s: Session, now: datetime) -> list[Reclaimed]:
         conn = s.connection()
-        expired = conn.execute(
-            self._locked(
-                select(*_LEASE_COLUMNS).where(
-                    _J.c.state == LEASED, _J.c.lease_deadline < now
-                )
-            )
-        ).all()
+        expired = conn.execute(self._claim_sql.expired, {"b_now": now}).all()
         reclaimed = []
         for job in expired:
             decision = decide_expired(
