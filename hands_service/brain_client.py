@@ -1,25 +1,41 @@
-"""Talking to Brain's JobService: the channel, the three calls, their errors.
+"""Talking to Brain's JobService: the channel, the calls, their errors.
 
 Every gRPC failure leaves this module as one of three typed errors, decided
 in `_translate`: `LeaseLost` (the job is no longer ours), `BrainUnavailable`
 (worth retrying after a backoff) or `BrainRejected` (retrying will not help).
+A status that CompleteJobs reports for one completion of a batch goes through
+the same `_translate`, so a caller cannot tell a batched completion from a
+lone one.
+
+Completions are batched: `BrainClient.complete` queues its request and a
+`CompletionBatcher` sends everything queued in one CompleteJobs call, while
+the requests that arrive meanwhile wait for the next call.
 """
 
 import asyncio
 import ipaddress
 import json
 import random
+import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import structlog
 from google.protobuf.duration_pb2 import Duration
 
 from barter.v1 import jobs_pb2, jobs_pb2_grpc
 from hands_service.config import ConfigError, HandsConfig, HandsError
 
+log = structlog.get_logger("hands_service.brain_client")
+
 # A long-poll is held up to its wait; this much more covers the reply's trip.
 CLAIM_GRACE_S = 10.0
+# Brain's limits: jobs per ClaimJob reply, completions per CompleteJobs call.
+MAX_CLAIM_BATCH = 64
+MAX_COMPLETE_BATCH = 256
 
 _RETRYABLE = frozenset(
     {
@@ -53,13 +69,21 @@ class BrainRejected(HandsError):
         super().__init__(f"{code.name}: {details}")
 
 
-def _translate(exc: grpc.aio.AioRpcError) -> HandsError:
-    code, details = exc.code(), exc.details() or ""
+# CompletionResult carries a status as its number (google.rpc.Code).
+_STATUS_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
+
+
+def _translate(code: grpc.StatusCode, details: str) -> HandsError:
+    """The typed error for a non-OK status, of a call or of one batch item."""
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return LeaseLost(details)
     if code in _RETRYABLE:
         return BrainUnavailable(f"{code.name}: {details}")
     return BrainRejected(code, details)
+
+
+def _call_error(exc: grpc.aio.AioRpcError) -> HandsError:
+    return _translate(exc.code(), exc.details() or "")
 
 
 class Backoff:
@@ -222,7 +246,7 @@ class ProgressStream:
                 ) from exc
             except grpc.aio.AioRpcError as exc:
                 self._drop()
-                raise _translate(exc) from exc
+                raise _call_error(exc) from exc
             except (asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
                 self._drop()
                 raise BrainUnavailable(f"progress stream closed: {exc}") from exc
@@ -265,6 +289,177 @@ class ProgressStream:
             call.cancel()
 
 
+@dataclass
+class _Completion:
+    """One queued CompleteJob request and the caller waiting for its answer."""
+
+    request: jobs_pb2.CompleteJobRequest
+    deadline_mono: float
+    answer: "asyncio.Future[jobs_pb2.CompleteJobResponse]"
+
+    @property
+    def job_id(self) -> str:
+        return self.request.job_id
+
+    def settle(
+        self,
+        error: HandsError | None = None,
+        response: jobs_pb2.CompleteJobResponse | None = None,
+    ) -> None:
+        # A caller that was cancelled or timed out has stopped listening.
+        if self.answer.done():
+            return
+        if error is not None:
+            self.answer.set_exception(error)
+        else:
+            self.answer.set_result(response)
+
+
+class CompletionBatcher:
+    """Sends queued completions together, one CompleteJobs call at a time.
+
+    Batching is natural: the sender never waits for a batch to fill. It takes
+    whatever is queued when the previous call returns, so a quiet worker sends
+    each completion at once and a busy one sends fewer, larger calls. The
+    sender task starts with the first completion and ends when the queue is
+    empty.
+    """
+
+    def __init__(
+        self, stub: jobs_pb2_grpc.JobServiceStub, metadata: Sequence[tuple[str, str]]
+    ) -> None:
+        self._stub = stub
+        self._metadata = metadata
+        self._queue: deque[_Completion] = deque()
+        self._sender: asyncio.Task[None] | None = None
+
+    async def complete(
+        self, request: jobs_pb2.CompleteJobRequest, timeout_s: float
+    ) -> jobs_pb2.CompleteJobResponse:
+        """Queue `request` and await its own result, or raise a typed error."""
+        item = _Completion(
+            request,
+            time.monotonic() + timeout_s,
+            asyncio.get_running_loop().create_future(),
+        )
+        self._queue.append(item)
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(
+                self._send_queued(), name="completion-sender"
+            )
+        try:
+            # Leaving early cancels `answer`, which tells the sender to skip it.
+            async with asyncio.timeout(timeout_s):
+                return await item.answer
+        except TimeoutError as exc:
+            raise BrainUnavailable(
+                f"no CompleteJobs reply within {timeout_s:.1f} s"
+            ) from exc
+
+    async def close(self) -> None:
+        """Stop the sender; completions still waiting fail as unavailable."""
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.cancel()
+            await asyncio.wait({sender})
+        self._fail_queued()
+
+    async def _send_queued(self) -> None:
+        # The task copied the context of the caller that started it; that
+        # caller's job is not the sender's.
+        structlog.contextvars.unbind_contextvars("job_id", "attempt")
+        try:
+            while self._queue:
+                batch = self._next_batch()
+                if batch:
+                    await self._send(batch)
+        except asyncio.CancelledError:
+            self._fail_queued()
+            raise
+        finally:
+            if self._sender is asyncio.current_task():
+                self._sender = None
+
+    def _next_batch(self) -> list[_Completion]:
+        """Up to MAX_COMPLETE_BATCH queued completions, at most one per job."""
+        batch: list[_Completion] = []
+        later: list[_Completion] = []
+        job_ids: set[str] = set()
+        now = time.monotonic()
+        while self._queue and len(batch) < MAX_COMPLETE_BATCH:
+            item = self._queue.popleft()
+            if item.answer.done():
+                continue
+            if item.deadline_mono <= now:
+                # Its caller's timeout is about to fire; sending it would only
+                # give the whole call no time at all.
+                item.settle(BrainUnavailable("timed out before it was sent"))
+                continue
+            if item.job_id in job_ids:
+                # CompleteJobs refuses two completions of one job in one call;
+                # the later one keeps its place at the head of the queue.
+                later.append(item)
+                continue
+            job_ids.add(item.job_id)
+            batch.append(item)
+        self._queue.extendleft(reversed(later))
+        return batch
+
+    async def _send(self, batch: list[_Completion]) -> None:
+        """One CompleteJobs call for `batch`; every item ends answered."""
+        # The call must not outlive the most impatient caller in it.
+        timeout_s = max(0.0, min(i.deadline_mono for i in batch) - time.monotonic())
+        request = jobs_pb2.CompleteJobsRequest(completions=[i.request for i in batch])
+        try:
+            reply = await self._stub.CompleteJobs(
+                request, timeout=timeout_s, metadata=self._metadata
+            )
+            self._settle(batch, reply)
+        except grpc.aio.AioRpcError as exc:
+            self._fail(batch, _call_error(exc))
+        except (asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+            self._fail(batch, BrainUnavailable(f"channel closed: {exc}"))
+        except asyncio.CancelledError:
+            self._fail(batch, BrainUnavailable("the completion sender was stopped"))
+            raise
+        except Exception as exc:
+            # The sender serves every job of the worker: it reports a bug to
+            # the callers in the batch and carries on with the next one.
+            log.error(
+                "completion_batch_crashed",
+                completions=len(batch),
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
+            self._fail(
+                batch, BrainUnavailable(f"CompleteJobs: {type(exc).__name__}: {exc}")
+            )
+
+    @staticmethod
+    def _settle(batch: list[_Completion], reply: jobs_pb2.CompleteJobsResponse) -> None:
+        # Job ids are distinct within a batch, so a result finds its item by id.
+        results = {r.job_id: r for r in reply.results}
+        for item in batch:
+            result = results.get(item.job_id)
+            if result is None:
+                item.settle(BrainUnavailable("CompleteJobs returned no result for it"))
+            elif result.code == grpc.StatusCode.OK.value[0]:
+                item.settle(response=result.response)
+            else:
+                status = _STATUS_BY_NUMBER.get(result.code, grpc.StatusCode.UNKNOWN)
+                item.settle(_translate(status, result.message))
+        log.debug("completions_sent", completions=len(batch))
+
+    @staticmethod
+    def _fail(batch: list[_Completion], error: HandsError) -> None:
+        for item in batch:
+            item.settle(error)
+
+    def _fail_queued(self) -> None:
+        queued, self._queue = self._queue, deque()
+        self._fail(list(queued), BrainUnavailable("the completion sender was stopped"))
+
+
 class BrainClient:
     """JobService as typed calls: claim, stream progress, complete."""
 
@@ -273,6 +468,7 @@ class BrainClient:
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {api_key}"),) if api_key else ()
         )
+        self._completions = CompletionBatcher(self._stub, self._metadata)
 
     async def claim(
         self, worker_id: str, wait_s: float, max_jobs: int = 1
@@ -288,7 +484,7 @@ class BrainClient:
                 request, timeout=wait_s + CLAIM_GRACE_S, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
+            raise _call_error(exc) from exc
         return list(reply.jobs)
 
     def progress_stream(self) -> ProgressStream:
@@ -298,10 +494,14 @@ class BrainClient:
     async def complete(
         self, request: jobs_pb2.CompleteJobRequest, timeout_s: float
     ) -> jobs_pb2.CompleteJobResponse:
-        """One CompleteJob call; retrying is the caller's decision."""
-        try:
-            return await self._stub.CompleteJob(
-                request, timeout=timeout_s, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from exc
+        """Complete one job, batched with others; retrying is the caller's decision.
+
+        Raises what a lone CompleteJob call would have: LeaseLost for a stale
+        lease, BrainUnavailable when the batch's call failed or `timeout_s`
+        passed, BrainRejected otherwise.
+        """
+        return await self._completions.complete(request, timeout_s)
+
+    async def close(self) -> None:
+        """Stop sending completions; call before closing the channel."""
+        await self._completions.close()

@@ -1,14 +1,19 @@
 """The Hands worker: claim jobs, perform their steps, keep their leases, report.
 
-A `Worker` runs `concurrency` slot tasks. Each slot claims one job at a time
-from Brain and runs it: a step task performs the steps through the executor
-while a heartbeat task keeps the lease alive on the job's progress stream.
-All of them are named tasks; one that dies unexpectedly stops the worker
-with exit code 1 rather than leaving it half-alive.
+A `Worker` runs one claimer task and up to `concurrency` job tasks. The
+claimer asks Brain for as many jobs as there are free slots (at most
+MAX_CLAIM_BATCH per ClaimJob) and starts each job it gets as its own task;
+when every slot is busy it waits for one to free up. A job task performs the
+steps through the executor while a heartbeat task keeps the lease alive on
+the job's progress stream, then completes the job through the client's
+completion batcher, which sends the completions of jobs that end together
+in one CompleteJobs call. All tasks are named ("claimer", "job-<id>"); one
+that dies unexpectedly stops the worker with exit code 1 rather than leaving
+it half-alive.
 
-Shutdown: the first `shutdown()` drains (stop claiming, finish the running
-jobs); a second one, or the drain timeout, hands running jobs back to Brain
-as RETRY with error_code "worker_shutdown".
+Shutdown: the first `shutdown()` drains (stop claiming at once, finish the
+running jobs); a second one, or the drain timeout, hands running jobs back to
+Brain as RETRY with error_code "worker_shutdown".
 """
 
 import asyncio
@@ -16,16 +21,17 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from barter.v1 import common_pb2, jobs_pb2
 from hands_service.brain_client import (
+    MAX_CLAIM_BATCH,
     Backoff,
     BrainClient,
     BrainRejected,
@@ -49,9 +55,10 @@ T = TypeVar("T")
 
 # Never heartbeat more often than this, however close the deadline.
 MIN_HEARTBEAT_S = 0.05
-# Longest single CompleteJob call; retries continue until the lease deadline.
+# Longest wait for one completion's answer (it may share a CompleteJobs call);
+# retries continue until the lease deadline.
 COMPLETE_CALL_TIMEOUT_S = 10.0
-# After a task crash, how long the other slots get to hand their jobs back.
+# After a task crash, how long the other jobs get to hand themselves back.
 CRASH_HAND_BACK_S = 5.0
 
 ERROR_CODE_MAX = 64
@@ -278,6 +285,13 @@ class Worker:
         self._drain_timer: asyncio.TimerHandle | None = None
         self._runs: dict[str, JobRun] = {}
         self._client: BrainClient | None = None
+        # The claimer and the job tasks; a task leaves the set when it ends.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._job_tasks: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        # Set when a task crashed, or when the last task ended after a drain.
+        self._settled = asyncio.Event()
+        self._crashed = False
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -298,6 +312,8 @@ class Worker:
             finally:
                 if self._drain_timer is not None:
                     self._drain_timer.cancel()
+                if self._client is not None:
+                    await self._client.close()
                 await channel.close()
                 await self.executor.close()
             log.info("worker_stopped", exit_code=exit_code)
@@ -332,35 +348,48 @@ class Worker:
             )
 
     async def _supervise(self) -> int:
-        tasks = {
-            asyncio.create_task(self._slot(i), name=f"slot-{i}")
-            for i in range(self.config.concurrency)
-        }
+        self._start_task(self._claim_jobs(), "claimer")
         try:
-            while tasks:
-                done, tasks = await asyncio.wait(
-                    tasks, return_when=asyncio.FIRST_EXCEPTION
-                )
-                for task in done:
-                    exc = None if task.cancelled() else task.exception()
-                    if exc is None:
-                        continue
-                    log.error(
-                        "worker_task_crashed",
-                        task=task.get_name(),
-                        error=f"{type(exc).__name__}: {exc}",
-                        exc_info=exc,
-                    )
-                    # Let the other slots hand their jobs back before going down.
-                    self._hand_back("task_crashed")
-                    if tasks:
-                        await asyncio.wait(tasks, timeout=CRASH_HAND_BACK_S)
-                    return 1
-            return 0
+            await self._settled.wait()
+            if not self._crashed:
+                return 0
+            # Let the other jobs hand themselves back before going down.
+            self._hand_back("task_crashed")
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=CRASH_HAND_BACK_S)
+            return 1
         finally:
-            for task in tasks:
+            left = list(self._tasks)
+            for task in left:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*left, return_exceptions=True)
+
+    def _start_task(
+        self, work: Coroutine[Any, Any, None], name: str
+    ) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_ended)
+        return task
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task in self._job_tasks:
+            self._job_tasks.discard(task)
+            self._slot_freed.set()
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            self._crashed = True
+            log.error(
+                "worker_task_crashed",
+                task=task.get_name(),
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=exc,
+            )
+        # The claimer stays in the set until draining ends it, so an empty set
+        # means the drain is over.
+        if exc is not None or not self._tasks:
+            self._settled.set()
 
     async def _unless_draining(self, work: Awaitable[T]) -> tuple[bool, T | None]:
         """Await `work` unless draining starts first; then cancel it.
@@ -383,15 +412,24 @@ class Worker:
 
     # --- claiming --------------------------------------------------------------
 
-    async def _slot(self, slot: int) -> None:
+    async def _claim_jobs(self) -> None:
         assert self._client is not None
         polling = self.config.poll_interval_s > 0
         wait_s = 0.0 if polling else self.config.claim_wait_s
         backoff = Backoff(self.config.backoff_initial_s, self.config.backoff_max_s)
         while not self._draining.is_set():
+            free = self.config.concurrency - len(self._job_tasks)
+            if free <= 0:
+                # Cleared and awaited with no await in between, so a job that
+                # ends after the count above is not missed.
+                self._slot_freed.clear()
+                await self._unless_draining(self._slot_freed.wait())
+                continue
             try:
                 claimed, jobs = await self._unless_draining(
-                    self._client.claim(self.worker_id, wait_s, max_jobs=1)
+                    self._client.claim(
+                        self.worker_id, wait_s, max_jobs=min(free, MAX_CLAIM_BATCH)
+                    )
                 )
             except BrainUnavailable as exc:
                 delay_s = backoff.next_delay_s()
@@ -408,14 +446,18 @@ class Worker:
             backoff.reset()
 
             if not jobs:
-                log.debug("claim_empty", slot=slot, wait_s=wait_s)
+                log.debug("claim_empty", free_slots=free, wait_s=wait_s)
                 if polling:
                     await self._unless_draining(
                         asyncio.sleep(self.config.poll_interval_s)
                     )
                 continue
+            # Every job in the reply is leased to us, even one beyond `free` or
+            # one that arrived as draining began: run it rather than let its
+            # lease lapse.
             for job in jobs:
-                await self._run_job(job)
+                task = self._start_task(self._run_job(job), f"job-{job.job_id}")
+                self._job_tasks.add(task)
 
     # --- running one job -------------------------------------------------------
 
@@ -450,7 +492,10 @@ class Worker:
                 self._route_refreshed_sessions()
                 await self._complete(run, verdict)
             finally:
-                del self._runs[run.job_id]
+                # A re-claim of this job (after our lease lapsed) may be running
+                # under the same id; leave its entry alone.
+                if self._runs.get(run.job_id) is run:
+                    del self._runs[run.job_id]
                 await run.stream.close()
 
     async def _drive(self, run: JobRun) -> None:
@@ -640,7 +685,7 @@ class Worker:
                 delay_s = min(backoff.next_delay_s(), max(run.remaining_s(), 0))
                 log.warning(
                     "brain_unreachable",
-                    call="CompleteJob",
+                    call="CompleteJobs",
                     error=str(exc),
                     retry_in_s=round(delay_s, 3),
                 )

@@ -1,9 +1,10 @@
 """The Hands worker against a scripted JobService peer on a real gRPC server.
 
 The peer (`PeerBrain`) is a small in-test JobService: it hands out the jobs
-a test queues, renews leases on progress, ends the stream with
-FAILED_PRECONDITION for a stale lease, and records every request, so each
-test can assert on exactly what the worker sent.
+a test queues (as many per claim as asked for and queued), renews leases on
+progress, ends the stream with FAILED_PRECONDITION for a stale lease,
+answers each completion of a CompleteJobs batch on its own, and records
+every request, so each test can assert on exactly what the worker sent.
 """
 
 import asyncio
@@ -65,14 +66,22 @@ class PeerBrain(jobs_pb2_grpc.JobServiceServicer):
         self.lease_ttl_s = lease_ttl_s
         self.queue: asyncio.Queue[jobs_pb2.ClaimedJob] = asyncio.Queue()
         self.claims: list[tuple[float, jobs_pb2.ClaimJobRequest]] = []
+        # How many jobs each ClaimJob reply carried.
+        self.claim_replies: list[int] = []
+        # The lease token each claimed job got, by job id.
+        self.tokens: dict[str, str] = {}
         self.updates: list[tuple[float, jobs_pb2.ProgressUpdate]] = []
         self.completions: list[jobs_pb2.CompleteJobRequest] = []
         self.deadlines: dict[str, float] = {}
         self.cancelled: set[str] = set()
         self.revoked: set[str] = set()
         self.claim_error: grpc.StatusCode | None = None
+        # CompleteJobs calls to fail whole with UNAVAILABLE before applying any.
         self.complete_failures = 0
+        # The job ids of every CompleteJobs call, failed ones included.
+        self.complete_batches: list[list[str]] = []
         self.on_update: Callable[[jobs_pb2.ProgressUpdate], None] | None = None
+        self.on_batch: Callable[[jobs_pb2.CompleteJobsRequest], None] | None = None
         # Authorization header seen per call, e.g. {"ClaimJob": {"Bearer k"}}.
         self.auth: dict[str, set[str]] = {}
 
@@ -116,18 +125,24 @@ class PeerBrain(jobs_pb2_grpc.JobServiceServicer):
         wait_s = request.wait.ToNanoseconds() / 1e9
         try:
             if wait_s > 0:
-                job = await asyncio.wait_for(self.queue.get(), wait_s)
+                jobs = [await asyncio.wait_for(self.queue.get(), wait_s)]
             else:
-                job = self.queue.get_nowait()
+                jobs = [self.queue.get_nowait()]
         except (TimeoutError, asyncio.QueueEmpty):
+            self.claim_replies.append(0)
             return jobs_pb2.ClaimJobResponse()
-        token = uuid.uuid4().hex
-        deadline = time.time() + self.lease_ttl_s
-        self.deadlines[token] = deadline
-        job.lease.CopyFrom(
-            common_pb2.Lease(token=token, attempt=1, deadline=_timestamp(deadline))
-        )
-        return jobs_pb2.ClaimJobResponse(jobs=[job])
+        while len(jobs) < max(1, request.max_jobs) and not self.queue.empty():
+            jobs.append(self.queue.get_nowait())
+        for job in jobs:
+            token = uuid.uuid4().hex
+            deadline = time.time() + self.lease_ttl_s
+            self.deadlines[token] = deadline
+            self.tokens[job.job_id] = token
+            job.lease.CopyFrom(
+                common_pb2.Lease(token=token, attempt=1, deadline=_timestamp(deadline))
+            )
+        self.claim_replies.append(len(jobs))
+        return jobs_pb2.ClaimJobResponse(jobs=jobs)
 
     async def StreamProgress(self, request_iterator, context):
         self._note_auth("StreamProgress", context)
@@ -146,14 +161,12 @@ class PeerBrain(jobs_pb2_grpc.JobServiceServicer):
                 cancel=update.job_id in self.cancelled,
             )
 
-    async def CompleteJob(self, request, context):
-        self._note_auth("CompleteJob", context)
-        if self.complete_failures > 0:
-            self.complete_failures -= 1
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted outage")
+    def _apply_completion(
+        self, request: jobs_pb2.CompleteJobRequest
+    ) -> tuple[grpc.StatusCode, jobs_pb2.CompleteJobResponse | None]:
         token = request.lease_token
         if token in self.revoked or time.time() > self.deadlines.get(token, 0):
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "stale lease")
+            return grpc.StatusCode.FAILED_PRECONDITION, None
         self.completions.append(request)
         state = {
             jobs_pb2.OUTCOME_SUCCEEDED: common_pb2.JOB_STATE_SUCCEEDED,
@@ -161,7 +174,41 @@ class PeerBrain(jobs_pb2_grpc.JobServiceServicer):
             jobs_pb2.OUTCOME_RETRY: common_pb2.JOB_STATE_PENDING,
             jobs_pb2.OUTCOME_CANCELLED: common_pb2.JOB_STATE_CANCELLED,
         }[request.outcome]
-        return jobs_pb2.CompleteJobResponse(state=state)
+        return grpc.StatusCode.OK, jobs_pb2.CompleteJobResponse(state=state)
+
+    async def CompleteJob(self, request, context):
+        self._note_auth("CompleteJob", context)
+        if self.complete_failures > 0:
+            self.complete_failures -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted outage")
+        code, response = self._apply_completion(request)
+        if response is None:
+            await context.abort(code, "stale lease")
+        return response
+
+    async def CompleteJobs(self, request, context):
+        self._note_auth("CompleteJobs", context)
+        self.complete_batches.append([c.job_id for c in request.completions])
+        job_ids = [c.job_id for c in request.completions]
+        if not 1 <= len(job_ids) <= 256 or len(set(job_ids)) != len(job_ids):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "completions")
+        if self.complete_failures > 0:
+            self.complete_failures -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "scripted outage")
+        if self.on_batch is not None:
+            self.on_batch(request)
+        results = []
+        for completion in request.completions:
+            code, response = self._apply_completion(completion)
+            result = jobs_pb2.CompletionResult(
+                job_id=completion.job_id, code=code.value[0]
+            )
+            if response is None:
+                result.message = "lease_token: stale lease"
+            else:
+                result.response.CopyFrom(response)
+            results.append(result)
+        return jobs_pb2.CompleteJobsResponse(results=results)
 
     def results(self) -> list[common_pb2.StepResult]:
         """Every step result sent, in progress updates and completions."""
@@ -257,7 +304,7 @@ def test_every_call_carries_the_worker_key_as_a_bearer_token():
         assert peer.auth == {
             "ClaimJob": {"Bearer k-123"},
             "StreamProgress": {"Bearer k-123"},
-            "CompleteJob": {"Bearer k-123"},
+            "CompleteJobs": {"Bearer k-123"},
         }
 
     run(scenario)
@@ -658,7 +705,7 @@ def test_drain_timeout_hands_the_running_job_back():
 
 
 def test_a_refused_claim_stops_the_worker_loudly_with_exit_code_1():
-    """UNAUTHENTICATED on ClaimJob kills a slot; the worker logs ERROR and exits 1."""
+    """UNAUTHENTICATED on ClaimJob kills the claimer; the worker logs ERROR, exits 1."""
 
     async def scenario():
         peer = PeerBrain()
@@ -671,7 +718,7 @@ def test_a_refused_claim_stops_the_worker_loudly_with_exit_code_1():
 
         assert exit_code == 1
         crash = next(e for e in events if e["event"] == "worker_task_crashed")
-        assert crash["log_level"] == "error" and crash["task"].startswith("slot-")
+        assert crash["log_level"] == "error" and crash["task"] == "claimer"
         assert "UNAUTHENTICATED" in crash["error"]
 
     run(scenario)
@@ -769,5 +816,196 @@ def test_a_deadline_passed_without_renewal_drops_the_job_uncompleted():
         assert peer.completions == []
         lost = next(e for e in events if e["event"] == "lease_lost")
         assert lost["reason"] == "deadline_passed"
+
+    run(scenario)
+
+
+# --- claiming in batches, completing in batches ----------------------------------
+
+
+def task_names() -> set[str]:
+    return {t.get_name() for t in asyncio.all_tasks()}
+
+
+def test_one_claim_asks_for_every_free_slot_and_runs_each_job_as_a_task():
+    """Concurrency 8, 8 queued jobs: the first claim asks for 8 and gets several."""
+
+    async def scenario():
+        peer = PeerBrain()
+        server, port = await start_server(peer)
+        job_ids = [peer.add_job(accounts=[f"donor{i}"]) for i in range(8)]
+        worker = Worker(make_config(port, concurrency=8), DryRunExecutor(delay_s=0.5))
+        task = asyncio.create_task(worker.run())
+        await wait_until(lambda: {f"job-{j}" for j in job_ids} <= task_names())
+        assert "claimer" in task_names()
+        # Every slot is busy, so the claimer waits instead of claiming.
+        await asyncio.sleep(0.2)
+        claims_while_busy = len(peer.claims)
+        await wait_until(lambda: len(peer.completions) == 8)
+        assert await stop_worker(worker, task) == 0
+        await server.stop(0)
+
+        assert peer.claims[0][1].max_jobs == 8
+        assert peer.claim_replies[0] > 1
+        assert sum(peer.claim_replies) == 8
+        assert claims_while_busy == len([n for n in peer.claim_replies if n]) == 1
+        assert {c.job_id for c in peer.completions} == set(job_ids)
+
+    run(scenario)
+
+
+def test_jobs_finishing_together_share_complete_jobs_calls():
+    """Eight jobs ending at once reach Brain in fewer CompleteJobs calls than jobs."""
+
+    async def scenario():
+        peer = PeerBrain()
+        server, port = await start_server(peer)
+        job_ids = [peer.add_job(accounts=[f"donor{i}"]) for i in range(8)]
+        worker = Worker(make_config(port, concurrency=8), DryRunExecutor(delay_s=0.2))
+        task = asyncio.create_task(worker.run())
+        await wait_until(lambda: len(peer.completions) == 8)
+        assert await stop_worker(worker, task) == 0
+        await server.stop(0)
+
+        assert len(peer.complete_batches) < 8
+        assert sorted(j for b in peer.complete_batches for j in b) == sorted(job_ids)
+        assert {c.outcome for c in peer.completions} == {jobs_pb2.OUTCOME_SUCCEEDED}
+
+    run(scenario)
+
+
+def test_a_stale_lease_in_a_batch_stops_only_that_job():
+    """A per-item FAILED_PRECONDITION drops that job; the rest of its batch succeeds."""
+
+    async def scenario():
+        peer = PeerBrain()
+        victims: list[str] = []
+
+        def revoke_one(request: jobs_pb2.CompleteJobsRequest) -> None:
+            if not victims and len(request.completions) >= 2:
+                victims.append(request.completions[-1].job_id)
+                peer.revoked.add(request.completions[-1].lease_token)
+
+        peer.on_batch = revoke_one
+        server, port = await start_server(peer)
+        job_ids = [peer.add_job(accounts=[f"donor{i}"]) for i in range(6)]
+        worker = Worker(make_config(port, concurrency=6), DryRunExecutor(delay_s=0.2))
+        task = asyncio.create_task(worker.run())
+        with capture_logs() as events:
+            await wait_until(lambda: victims and len(peer.completions) == 5)
+            # Room for a wrongful retry of the victim to show up.
+            await asyncio.sleep(0.3)
+        assert await stop_worker(worker, task) == 0
+        await server.stop(0)
+
+        (victim,) = victims
+        (victim_batch,) = [b for b in peer.complete_batches if victim in b]
+        assert len(victim_batch) >= 2
+        assert {c.job_id for c in peer.completions} == set(job_ids) - {victim}
+        assert {c.outcome for c in peer.completions} == {jobs_pb2.OUTCOME_SUCCEEDED}
+        lost = [e for e in events if e["event"] == "lease_lost"]
+        assert [(e["job_id"], e["reason"]) for e in lost] == [
+            (victim, "failed_precondition")
+        ]
+        completed = {e["job_id"] for e in events if e["event"] == "job_completed"}
+        assert completed == set(job_ids) - {victim}
+
+    run(scenario)
+
+
+def test_a_failed_complete_jobs_call_is_retried_and_each_job_completes_once():
+    """Whole CompleteJobs calls failing UNAVAILABLE are retried; no job twice."""
+
+    async def scenario():
+        peer = PeerBrain()
+        peer.complete_failures = 2
+        server, port = await start_server(peer)
+        job_ids = [peer.add_job(accounts=[f"donor{i}"]) for i in range(6)]
+        worker = Worker(make_config(port, concurrency=6), DryRunExecutor(delay_s=0.2))
+        task = asyncio.create_task(worker.run())
+        with capture_logs() as events:
+            await wait_until(lambda: len(peer.completions) == 6)
+            await asyncio.sleep(0.3)
+        assert await stop_worker(worker, task) == 0
+        await server.stop(0)
+
+        assert peer.complete_failures == 0
+        assert sorted(c.job_id for c in peer.completions) == sorted(job_ids)
+        assert len(peer.complete_batches) >= 3
+        retried = [e for e in events if e["event"] == "brain_unreachable"]
+        assert retried and {e["call"] for e in retried} == {"CompleteJobs"}
+        assert all("UNAVAILABLE" in e["error"] for e in retried)
+
+    run(scenario)
+
+
+def test_draining_with_a_claim_in_flight_exits_0_at_once():
+    """shutdown() during a 30 s long-poll for 4 slots cancels it; run() returns 0."""
+
+    async def scenario():
+        peer = PeerBrain()
+        server, port = await start_server(peer)
+        worker = Worker(
+            make_config(port, concurrency=4, claim_wait_s=30.0), DryRunExecutor()
+        )
+        task = asyncio.create_task(worker.run())
+        await wait_until(lambda: peer.claims)
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        worker.shutdown()
+        assert await asyncio.wait_for(task, 5.0) == 0
+        elapsed_s = time.monotonic() - started
+        await server.stop(0)
+
+        assert elapsed_s < 1.0
+        assert [c.max_jobs for _, c in peer.claims] == [4]
+        assert "claimer" not in task_names()
+
+    run(scenario)
+
+
+class CrashingExecutor(DryRunExecutor):
+    """After acting as `crasher`, one take_refreshed_sessions call raises."""
+
+    def __init__(self) -> None:
+        super().__init__(delay_s=5.0)
+        self.broken = False
+
+    async def follow(self, job: JobContext, account: AccountSession) -> StepReport:
+        if account.username == "crasher":
+            await asyncio.sleep(0.2)
+            self.broken = True
+            return StepReport(StepOutcome.DONE)
+        return await super().follow(job, account)
+
+    def take_refreshed_sessions(self) -> list[AccountSession]:
+        if self.broken:
+            self.broken = False
+            raise RuntimeError("session store corrupted")
+        return []
+
+
+def test_a_crashed_job_task_hands_the_others_back_and_exits_1():
+    """A job task that dies logs worker_task_crashed; the other job goes back RETRY."""
+
+    async def scenario():
+        peer = PeerBrain()
+        server, port = await start_server(peer)
+        crashing = peer.add_job(accounts=["crasher"])
+        survivor = peer.add_job(accounts=["alice"])
+        worker = Worker(make_config(port, concurrency=2), CrashingExecutor())
+        started = time.monotonic()
+        with capture_logs() as events:
+            exit_code = await asyncio.wait_for(worker.run(), 5.0)
+        elapsed_s = time.monotonic() - started
+        await server.stop(0)
+
+        assert exit_code == 1 and elapsed_s < 3.0
+        crash = next(e for e in events if e["event"] == "worker_task_crashed")
+        assert crash["log_level"] == "error" and crash["task"] == f"job-{crashing}"
+        assert "session store corrupted" in crash["error"]
+        (done,) = peer.completions
+        assert done.job_id == survivor and done.outcome == jobs_pb2.OUTCOME_RETRY
+        assert done.error_code == "worker_shutdown"
 
     run(scenario)
