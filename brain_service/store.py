@@ -484,6 +484,104 @@ class _ClaimStatements:
         )
 
 
+class _CompletionStatements:
+    """The completion path's statements, built once per store (see
+    _ClaimStatements for why); every value arrives as a b_* parameter."""
+
+    def __init__(self, is_postgres: bool) -> None:
+        now = bindparam("b_now")
+        jobs = select(*_FINISH_COLUMNS).where(
+            _J.c.id.in_(bindparam("b_ids", expanding=True))
+        )
+        self.jobs = jobs.with_for_update() if is_postgres else jobs
+        self.steps = (
+            select(
+                _S.c.job_id,
+                _S.c.index,
+                _S.c.finished,
+                _S.c.account_id,
+                _A.c.username,
+                _A.c.busy_job_id,
+                _A.c.throttle_streak,
+                _A.c.state,
+                _A.c.state_reason,
+                _A.c.state_changed_at,
+                _A.c.cooldown_until,
+                _A.c.last_action_at,
+            )
+            .select_from(_S.outerjoin(_A, _A.c.id == _S.c.account_id))
+            .where(_S.c.job_id.in_(bindparam("b_ids", expanding=True)))
+        )
+        insert = postgresql.insert if is_postgres else sqlite.insert
+        # The unique effect keys make a second record of the same effect a
+        # no-op rather than an error.
+        self.log = insert(_L).on_conflict_do_nothing()
+        self.step_results = (
+            update(_S)
+            .where(
+                _S.c.job_id == bindparam("b_job"), _S.c.index == bindparam("b_index")
+            )
+            .values(
+                finished=bindparam("b_finished"),
+                outcome=bindparam("b_outcome"),
+                error_code=bindparam("b_code"),
+                error_message=bindparam("b_message"),
+                updated_at=now,
+            )
+        )
+        self.account_results = (
+            update(_A)
+            .where(_A.c.id == bindparam("b_id"))
+            .values(
+                state=bindparam("b_state"),
+                state_reason=bindparam("b_reason"),
+                state_changed_at=bindparam("b_changed"),
+                cooldown_until=bindparam("b_cooldown"),
+                throttle_streak=bindparam("b_streak"),
+                last_action_at=bindparam("b_acted"),
+                updated_at=now,
+            )
+        )
+        self.sessions = (
+            update(_A)
+            .where(_A.c.username == bindparam("b_user"))
+            .values(settings_enc=bindparam("b_sealed"), updated_at=now)
+        )
+        self.free_accounts = (
+            update(_A)
+            .where(_A.c.busy_job_id.in_(bindparam("b_ids", expanding=True)))
+            .values(busy_job_id=None, updated_at=now)
+        )
+        self.free_steps = (
+            update(_S)
+            .where(
+                _S.c.job_id.in_(bindparam("b_ids", expanding=True)),
+                _S.c.finished.is_(False),
+            )
+            .values(account_id=None)
+        )
+        self.end_leases = (
+            update(_J)
+            .where(_J.c.id == bindparam("b_id"))
+            .values(
+                {
+                    **{name: bindparam(f"b_{name}") for name in _END_COLUMNS},
+                    "outcome": bindparam("b_reported"),
+                    "steps_done": _J.c.steps_done + bindparam("b_newly"),
+                }
+            )
+        )
+        self.wake_waiting = (
+            update(_J)
+            .where(
+                _J.c.state == PENDING,
+                _J.c.pending_reason != "",
+                _J.c.available_at > now,
+            )
+            .values(available_at=now)
+        )
+
+
 class NoteHandler(Protocol):
     def __call__(self, kind: str, count: int) -> None: ...
 
@@ -498,6 +596,7 @@ class Store:
         self.engine = make_engine(url, config.sqlite_synchronous)
         self._is_postgres = self.engine.dialect.name == "postgresql"
         self._claim_sql = _ClaimStatements(self._is_postgres)
+        self._done_sql = _CompletionStatements(self._is_postgres)
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         if url.startswith("sqlite"):
             # Readers in WAL mode never block the writer, so they skip the lock.
@@ -920,11 +1019,7 @@ class Store:
             rows = {
                 row.id: row
                 for row in conn.execute(
-                    self._for_update(
-                        select(*_FINISH_COLUMNS).where(
-                            _J.c.id.in_([c.job_id for c in completions])
-                        )
-                    )
+                    self._done_sql.jobs, {"b_ids": [c.job_id for c in completions]}
                 )
             }
             live: list[tuple[int, CompletionIn, Row]] = []
@@ -987,15 +1082,7 @@ class Store:
                     now,
                 )
                 conn.execute(
-                    update(_J)
-                    .where(_J.c.id == bindparam("b_id"))
-                    .values(
-                        {
-                            **{name: bindparam(f"b_{name}") for name in _END_COLUMNS},
-                            "outcome": bindparam("b_reported"),
-                            "steps_done": _J.c.steps_done + bindparam("b_newly"),
-                        }
-                    ),
+                    self._done_sql.end_leases,
                     [
                         {
                             "b_id": job.id,
@@ -1142,32 +1229,17 @@ class Store:
         now: datetime,
     ) -> None:
         """Release the jobs' accounts, and the unfinished steps' assignments."""
-        conn.execute(
-            update(_A)
-            .where(_A.c.busy_job_id.in_(job_ids))
-            .values(busy_job_id=None, updated_at=now)
-        )
+        sql = self._done_sql
+        conn.execute(sql.free_accounts, {"b_ids": list(job_ids), "b_now": now})
         if with_unfinished:
-            conn.execute(
-                update(_S)
-                .where(_S.c.job_id.in_(with_unfinished), _S.c.finished.is_(False))
-                .values(account_id=None)
-            )
+            conn.execute(sql.free_steps, {"b_ids": list(with_unfinished)})
 
     def _wake_waiting_jobs(self, conn: Connection | Session, now: datetime) -> int:
         """Jobs that waited for accounts are due again once accounts free up.
 
         Returns how many, so that as many long-polls can be woken.
         """
-        result = conn.execute(
-            update(_J)
-            .where(
-                _J.c.state == PENDING,
-                _J.c.pending_reason != "",
-                _J.c.available_at > now,
-            )
-            .values(available_at=now)
-        )
+        result = conn.execute(self._done_sql.wake_waiting, {"b_now": now})
         return result.rowcount or 0
 
     def _for_update(self, stmt):  # noqa: ANN001, ANN202 - a Select in, a Select out
@@ -1187,33 +1259,14 @@ class Store:
             f"(the job is {job.state}; the lease expired or was handed on)"
         )
 
-    @staticmethod
     def _steps_of(
-        conn: Connection, job_ids: Sequence[str]
+        self, conn: Connection, job_ids: Sequence[str]
     ) -> dict[str, dict[int, Row]]:
         """Each job's steps by index, with the assigned account's columns."""
         steps: dict[str, dict[int, Row]] = {}
-        if not job_ids:
-            return steps
-        for row in conn.execute(
-            select(
-                _S.c.job_id,
-                _S.c.index,
-                _S.c.finished,
-                _S.c.account_id,
-                _A.c.username,
-                _A.c.busy_job_id,
-                _A.c.throttle_streak,
-                _A.c.state,
-                _A.c.state_reason,
-                _A.c.state_changed_at,
-                _A.c.cooldown_until,
-                _A.c.last_action_at,
-            )
-            .select_from(_S.outerjoin(_A, _A.c.id == _S.c.account_id))
-            .where(_S.c.job_id.in_(job_ids))
-        ):
-            steps.setdefault(row.job_id, {})[row.index] = row
+        if job_ids:
+            for row in conn.execute(self._done_sql.steps, {"b_ids": list(job_ids)}):
+                steps.setdefault(row.job_id, {})[row.index] = row
         return steps
 
     @staticmethod
@@ -1294,6 +1347,7 @@ class Store:
                         "b_outcome": result.outcome,
                         "b_code": result.error_code,
                         "b_message": result.error_message,
+                        "b_now": now,
                     }
                 )
                 accounts[step.account_id] = self._account_after(
@@ -1302,36 +1356,11 @@ class Store:
         if not log_rows:
             return newly
 
-        insert = postgresql.insert if self._is_postgres else sqlite.insert
-        # The unique effect keys make a second record of the same effect a
-        # no-op rather than an error.
-        conn.execute(insert(_L).on_conflict_do_nothing(), log_rows)
+        sql = self._done_sql
+        conn.execute(sql.log, log_rows)
+        conn.execute(sql.step_results, step_rows)
         conn.execute(
-            update(_S)
-            .where(
-                _S.c.job_id == bindparam("b_job"), _S.c.index == bindparam("b_index")
-            )
-            .values(
-                finished=bindparam("b_finished"),
-                outcome=bindparam("b_outcome"),
-                error_code=bindparam("b_code"),
-                error_message=bindparam("b_message"),
-                updated_at=now,
-            ),
-            step_rows,
-        )
-        conn.execute(
-            update(_A)
-            .where(_A.c.id == bindparam("b_id"))
-            .values(
-                state=bindparam("b_state"),
-                state_reason=bindparam("b_reason"),
-                state_changed_at=bindparam("b_changed"),
-                cooldown_until=bindparam("b_cooldown"),
-                throttle_streak=bindparam("b_streak"),
-                last_action_at=bindparam("b_acted"),
-                updated_at=now,
-            ),
+            sql.account_results,
             [
                 {
                     "b_id": account_id,
@@ -1341,6 +1370,7 @@ class Store:
                     "b_cooldown": acc["cooldown_until"],
                     "b_streak": acc["throttle_streak"],
                     "b_acted": acc["last_action_at"],
+                    "b_now": now,
                 }
                 for account_id, acc in accounts.items()
             ],
@@ -1377,11 +1407,13 @@ class Store:
         """Seal and store checked session settings."""
         if sessions:
             conn.execute(
-                update(_A)
-                .where(_A.c.username == bindparam("b_user"))
-                .values(settings_enc=bindparam("b_sealed"), updated_at=now),
+                self._done_sql.sessions,
                 [
-                    {"b_user": s.username, "b_sealed": self.vault.seal(s.settings)}
+                    {
+                        "b_user": s.username,
+                        "b_sealed": self.vault.seal(s.settings),
+                        "b_now": now,
+                    }
                     for s in sessions
                 ],
             )
