@@ -26,6 +26,7 @@ from sqlalchemy import (
     event,
     exists,
     func,
+    insert,
     or_,
     select,
     text,
@@ -597,6 +598,8 @@ class Store:
         self._is_postgres = self.engine.dialect.name == "postgresql"
         self._claim_sql = _ClaimStatements(self._is_postgres)
         self._done_sql = _CompletionStatements(self._is_postgres)
+        self._insert_jobs = insert(_J)
+        self._insert_steps = insert(_S)
         self._writer = sessionmaker(self.engine, expire_on_commit=False)
         if url.startswith("sqlite"):
             # Readers in WAL mode never block the writer, so they skip the lock.
@@ -695,12 +698,18 @@ class Store:
         self, specs: Sequence[JobSpecIn], now: datetime
     ) -> list[tuple[JobView, bool]]:
         results: list[tuple[JobView, bool]] = []
+        job_rows: list[dict] = []
+        step_rows: list[dict] = []
         with self._transaction() as s:
             keys = [spec.idempotency_key for spec in specs if spec.idempotency_key]
-            known = {
-                job.idempotency_key: job
-                for job in s.scalars(select(Job).where(Job.idempotency_key.in_(keys)))
-            }
+            known = {}
+            if keys:
+                known = {
+                    job.idempotency_key: job
+                    for job in s.scalars(
+                        select(Job).where(Job.idempotency_key.in_(keys))
+                    )
+                }
             for i, spec in enumerate(specs):
                 existing = (
                     known.get(spec.idempotency_key) if spec.idempotency_key else None
@@ -719,44 +728,51 @@ class Store:
                     results.append((JobView(existing), False))
                     continue
                 tier = self.tiers[spec.tier]
-                job = Job(
-                    id=str(uuid.uuid4()),
-                    idempotency_key=spec.idempotency_key,
-                    action=spec.action,
-                    target=spec.target,
-                    tier=tier.name,
-                    priority=tier.priority,
-                    size=tier.size,
-                    state=PENDING,
-                    attempts=0,
-                    max_attempts=spec.max_attempts or self.config.max_attempts,
-                    available_at=now,
-                    cancel_requested=False,
-                    steps_done=0,
-                    progress_message="",
-                    pending_reason="",
-                    last_error_code="",
-                    last_error_message="",
-                    created_at=now,
-                    updated_at=now,
-                )
-                s.add(job)
-                s.add_all(
-                    Step(
-                        job_id=job.id,
-                        index=index,
-                        finished=False,
-                        outcome="",
-                        error_code="",
-                        error_message="",
-                        updated_at=now,
-                    )
+                values = {
+                    "id": str(uuid.uuid4()),
+                    "idempotency_key": spec.idempotency_key,
+                    "action": spec.action,
+                    "target": spec.target,
+                    "tier": tier.name,
+                    "priority": tier.priority,
+                    "size": tier.size,
+                    "state": PENDING,
+                    "attempts": 0,
+                    "max_attempts": spec.max_attempts or self.config.max_attempts,
+                    "available_at": now,
+                    "cancel_requested": False,
+                    "steps_done": 0,
+                    "progress_message": "",
+                    "pending_reason": "",
+                    "last_error_code": "",
+                    "last_error_message": "",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                job_rows.append(values)
+                step_rows.extend(
+                    {
+                        "job_id": values["id"],
+                        "index": index,
+                        "finished": False,
+                        "outcome": "",
+                        "error_code": "",
+                        "error_message": "",
+                        "updated_at": now,
+                    }
                     for index in range(tier.size)
                 )
+                # Plain rows go in with one statement per table; the views are
+                # built from the same values, outside the session.
+                job = Job(**values)
                 if spec.idempotency_key:
                     known[spec.idempotency_key] = job
                 results.append((JobView(job), True))
-            self._notify(s, "work", sum(1 for _, created in results if created))
+            if job_rows:
+                conn = s.connection()
+                conn.execute(self._insert_jobs, job_rows)
+                conn.execute(self._insert_steps, step_rows)
+            self._notify(s, "work", len(job_rows))
         return results
 
     def claim_jobs(self, worker_id: str, max_jobs: int) -> Claim:
