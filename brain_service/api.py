@@ -33,6 +33,7 @@ from brain_service.errors import (
 )
 from brain_service.outcomes import FINAL_STATES
 from brain_service.store import (
+    Claim,
     ClaimedJob,
     CompletionIn,
     Finish,
@@ -164,6 +165,7 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.polls = 0
+        self._giving_back: set[asyncio.Future[None]] = set()
 
     @abort_on_error
     async def ClaimJob(
@@ -185,7 +187,7 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
         try:
             while True:
                 bell = hub.work.register()
-                claim = await hub.run(hub.store.claim_jobs, worker_id, max_jobs)
+                claim = await self._claim(worker_id, max_jobs)
                 hub.note_reclaimed(claim.reclaimed)
                 if claim.jobs:
                     bell.cancel()
@@ -211,6 +213,55 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
                 await Doorbell.wait(bell, timeout)
         finally:
             self.polls -= 1
+
+    async def _claim(self, worker_id: str, max_jobs: int) -> Claim:
+        """One store claim that a caller going away cannot orphan.
+
+        The claim runs in a store thread and finishes even if the call is
+        cancelled meanwhile (the worker hung up, e.g. while draining); the
+        jobs it leased are then handed back at once instead of waiting out
+        their lease.
+        """
+        hub = self.hub
+        running = asyncio.ensure_future(
+            hub.run(hub.store.claim_jobs, worker_id, max_jobs)
+        )
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            running.add_done_callback(self._hand_back_unsent)
+            raise
+
+    def _hand_back_unsent(self, running: "asyncio.Future[Claim]") -> None:
+        if running.cancelled() or running.exception() is not None:
+            return
+        claim = running.result()
+        self.hub.note_reclaimed(claim.reclaimed)
+        for claimed in claim.jobs:
+            task = asyncio.ensure_future(self._give_back(claimed))
+            # The loop keeps only weak references to tasks.
+            self._giving_back.add(task)
+            task.add_done_callback(self._giving_back.discard)
+
+    async def _give_back(self, claimed: ClaimedJob) -> None:
+        hub = self.hub
+        try:
+            state = await hub.run(
+                hub.store.hand_back, claimed.job.id, claimed.job.lease_token
+            )
+        except BrainError as exc:
+            # The lease still expires and the sweeper takes the job back.
+            log.warning(
+                "claim_hand_back_failed", job_id=claimed.job.id, reason=str(exc)
+            )
+            return
+        log.info(
+            "claim_handed_back",
+            job_id=claimed.job.id,
+            state=state,
+            reason="caller_gone",
+        )
+        hub.job_changed(claimable=1)
 
     async def _fit_reply(self, jobs: list[ClaimedJob]) -> jobs_pb2.ClaimJobResponse:
         """The reply with as many claimed jobs as the message limit lets through.

@@ -139,13 +139,15 @@ def test_sigterm_drains_a_worker_without_losing_its_job(make_brain, tmp_path):
     add_accounts(brain, "a1", "a2", "a3")
     (job_id,) = submit(brain, ["target1"], tier="small")
     worker = HandsProcess(tmp_path, brain, "w", HANDS_DRY_RUN_DELAY_S="0.5").start()
+    # Running, not only leased: a lease is written before its claim's reply
+    # reaches the worker, and a claim the worker drops on SIGTERM goes back.
     wait_for(
         lambda: (
-            brain.query(f"SELECT state FROM jobs WHERE id = '{job_id}'")[0][0]
-            == "LEASED"
+            brain.query(f"SELECT count(*) FROM action_log WHERE job_id = '{job_id}'")
+            != [(0,)]
         ),
         20,
-        "the job to be claimed",
+        "the job's first step",
     )
 
     assert worker.stop(signal.SIGTERM) == 0

@@ -548,3 +548,35 @@ def test_a_brain_started_on_a_read_only_database_recovers_once_it_is_writable(
 
     assert refused == grpc.StatusCode.UNAVAILABLE
     wait_for(writes_again, 5, "a write to succeed once the file is writable")
+
+
+def test_a_claim_whose_caller_hung_up_hands_its_jobs_back(tmp_path):
+    """A worker that gives up on ClaimJob while the claim waits for the store
+    does not leave the job leased to nobody: it is PENDING again at once,
+    its attempt not counted, long before the lease would have run out."""
+    brain = BrainProcess(tmp_path, BRAIN_LEASE_TTL_S="60", BRAIN_SWEEP_INTERVAL_S="60")
+    brain.migrate()
+    brain.start()
+    try:
+        add_accounts(brain, "a1")
+        (job_id,) = submit(brain, ["target1"])
+        database = Path(brain.database_url.removeprefix("sqlite:///"))
+
+        with write_lock_held(database, hold_s=1.5):
+            request = jobs_pb2.ClaimJobRequest(worker_id="w-gone", max_jobs=1)
+            with pytest.raises(grpc.RpcError) as gave_up:
+                brain.jobs().ClaimJob(request, timeout=0.3)
+
+        def handed_back() -> bool:
+            log = brain.log_path.read_text()
+            return '"claim_handed_back"' in log and "caller_gone" in log
+
+        wait_for(handed_back, 10, "the Brain to hand the claim back")
+        ((state, attempts, token),) = brain.query(
+            f"SELECT state, attempts, lease_token FROM jobs WHERE id = '{job_id}'"
+        )
+    finally:
+        brain.stop()
+
+    assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert (state, attempts, token) == ("PENDING", 0, None)
