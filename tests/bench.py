@@ -41,6 +41,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from barter.v1 import admin_pb2, common_pb2, jobs_pb2, jobs_pb2_grpc
 
@@ -613,6 +614,17 @@ def dispatch_run(
             raise BenchFailed(f"warm-up jobs never ran:\n{hands[0].log_tail()}")
         time.sleep(1.0)
 
+        # The floor under every figure below: one bare gRPC round trip to the
+        # same Brain at the same pacing (a health check touches no store).
+        health = health_pb2_grpc.HealthStub(brain.channel())
+        health_rtt_ms: list[float] = []
+        start = time.monotonic()
+        for i in range(jobs):
+            time.sleep(max(0.0, start + i * gap_s - time.monotonic()))
+            sent = time.perf_counter()
+            health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+            health_rtt_ms.append((time.perf_counter() - sent) * 1000)
+
         submitted: dict[str, float] = {}
         submit_rtt_ms: list[float] = []
         admin = brain.admin()
@@ -660,6 +672,8 @@ def dispatch_run(
             "recorded_p50_ms": percentile(recorded_ms, 50),
             "recorded_p99_ms": percentile(recorded_ms, 99),
             "submit_rtt_p50_ms": percentile(submit_rtt_ms, 50),
+            "health_rtt_p50_ms": percentile(health_rtt_ms, 50),
+            "health_rtt_p99_ms": percentile(health_rtt_ms, 99),
         }
 
 
@@ -714,6 +728,13 @@ def section_dispatch(
                 "ms",
                 [r["submit_rtt_p50_ms"] for r in runs],
             )
+            for q in ("p50", "p99"):
+                results.add(
+                    f"{base}.health_rtt_{q}_ms",
+                    f"bare health-check round trip {q}, same pacing (the floor)",
+                    "ms",
+                    [r[f"health_rtt_{q}_ms"] for r in runs],
+                )
             results.add(
                 f"{base}.recorded_p50_ms",
                 f"submit to step recorded by Brain p50, {label}",
@@ -1227,7 +1248,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "jobs done so far",
     )
     parser.add_argument(
-        "--concurrency", type=int, default=16, help="HANDS_CONCURRENCY [16]"
+        "--concurrency",
+        type=int,
+        default=64,
+        help="HANDS_CONCURRENCY, jobs each Hands holds at once (its maximum) [64]",
     )
     parser.add_argument(
         "--accounts", type=int, default=2000, help="donor accounts per store [2000]"
