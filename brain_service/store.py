@@ -273,6 +273,18 @@ class Finishes:
 
 
 @dataclass(frozen=True)
+class _Ending:
+    """A checked completion of a live lease, ready to be written."""
+
+    completion: CompletionIn
+    job: Row
+    # The results not recorded before, each with its step row.
+    fresh: list[tuple[StepResultIn, Row]]
+    has_unfinished: bool
+    decision: Decision
+
+
+@dataclass(frozen=True)
 class ImportRow:
     index: int
     username: str
@@ -1028,96 +1040,103 @@ class Store:
         the error that refuses it. A refused completion writes nothing, and a
         repeat of the same word changes nothing. Job ids must be distinct.
         """
-        answers: list[Finish | BrainError | None] = [None] * len(completions)
+        answers: list[Finish | BrainError] = []
+        unblocked = 0
         with self._transaction() as s:
             now = utcnow()
             conn = s.connection()
-            rows = {
-                row.id: row
-                for row in conn.execute(
-                    self._done_sql.jobs, {"b_ids": [c.job_id for c in completions]}
-                )
+            ids = [c.job_id for c in completions]
+            jobs = {
+                row.id: row for row in conn.execute(self._done_sql.jobs, {"b_ids": ids})
             }
-            live: list[tuple[int, CompletionIn, Row]] = []
-            for i, completion in enumerate(completions):
-                job = rows.get(completion.job_id)
-                answers[i] = self._settled(completion, job, now)
-                if answers[i] is None:
-                    live.append((i, completion, job))
-
+            steps = self._steps_of(conn, list(jobs))
             # Everything is checked before anything is written, so that a
             # refused completion leaves no trace beside the accepted ones.
-            steps = self._steps_of(conn, [job.id for _, _, job in live])
-            accepted: list[tuple[CompletionIn, Row, list, bool, Decision]] = []
-            for i, completion, job in live:
-                job_steps = steps.get(job.id, {})
-                try:
-                    fresh = self._check_results(job_steps, completion.results)
-                    self._check_sessions(job.id, job_steps, completion.sessions)
-                    finishing = {
-                        result.step_index
-                        for result, _ in fresh
-                        if result.outcome in FINISHED_RESULTS
-                    }
-                    unfinished = sorted(
-                        index
-                        for index, step in job_steps.items()
-                        if not step.finished and index not in finishing
-                    )
-                    decision = decide_completion(
-                        completion.outcome,
-                        unfinished,
-                        job.attempts,
-                        job.max_attempts,
-                        job.cancel_requested,
-                        completion.error_code,
-                        completion.error_message,
-                        self.config,
-                        now,
-                    )
-                except InvalidArgument as exc:
-                    answers[i] = exc
-                    continue
-                answers[i] = Finish(
-                    decision.state, decision.available_at, False, decision
-                )
-                accepted.append((completion, job, fresh, bool(unfinished), decision))
-
-            unblocked = 0
+            accepted: list[_Ending] = []
+            for completion in completions:
+                job = jobs.get(completion.job_id)
+                answer = self._settled(completion, job, now)
+                if answer is None:
+                    try:
+                        ending = self._ending(completion, job, steps, now)
+                    except InvalidArgument as exc:
+                        answer = exc
+                    else:
+                        accepted.append(ending)
+                        answer = Finish(
+                            ending.decision.state,
+                            ending.decision.available_at,
+                            False,
+                            ending.decision,
+                        )
+                answers.append(answer)
             if accepted:
-                newly = self._write_results(
-                    conn, [(job, fresh) for _, job, fresh, _, _ in accepted], now
-                )
-                self._write_sessions(
-                    conn, [x for c, *_ in accepted for x in c.sessions], now
-                )
-                self._free_workforce(
-                    conn,
-                    [job.id for _, job, *_ in accepted],
-                    [job.id for _, job, _, left, _ in accepted if left],
-                    now,
-                )
-                conn.execute(
-                    self._done_sql.end_leases,
-                    [
-                        {
-                            "b_id": job.id,
-                            "b_reported": completion.outcome,
-                            "b_newly": newly[job.id],
-                            **{
-                                f"b_{name}": value
-                                for name, value in self._ended(
-                                    decision, now, job
-                                ).items()
-                            },
-                        }
-                        for completion, job, _, _, decision in accepted
-                    ],
-                )
-                unblocked = self._wake_waiting_jobs(conn, now)
+                unblocked = self._end_leases(conn, accepted, now)
                 self._notify(s, "work")
-        assert all(a is not None for a in answers)
-        return Finishes(answers, unblocked)  # type: ignore[arg-type]
+        return Finishes(answers, unblocked)
+
+    def _ending(
+        self,
+        completion: CompletionIn,
+        job: Row,
+        steps: dict[str, dict[int, Row]],
+        now: datetime,
+    ) -> _Ending:
+        """How a live lease ends on `completion`; raises InvalidArgument for
+        results, sessions or an outcome the job's steps do not bear out."""
+        job_steps = steps.get(job.id, {})
+        fresh = self._check_results(job_steps, completion.results)
+        self._check_sessions(job.id, job_steps, completion.sessions)
+        finishing = {r.step_index for r, _ in fresh if r.outcome in FINISHED_RESULTS}
+        unfinished = sorted(
+            index
+            for index, step in job_steps.items()
+            if not step.finished and index not in finishing
+        )
+        decision = decide_completion(
+            completion.outcome,
+            unfinished,
+            job.attempts,
+            job.max_attempts,
+            job.cancel_requested,
+            completion.error_code,
+            completion.error_message,
+            self.config,
+            now,
+        )
+        return _Ending(completion, job, fresh, bool(unfinished), decision)
+
+    def _end_leases(
+        self, conn: Connection, endings: Sequence[_Ending], now: datetime
+    ) -> int:
+        """Write checked endings: results, sessions, freed workforce, each
+        job's next state. Returns how many waiting jobs became due."""
+        newly = self._write_results(conn, [(e.job, e.fresh) for e in endings], now)
+        self._write_sessions(
+            conn, [x for e in endings for x in e.completion.sessions], now
+        )
+        self._free_workforce(
+            conn,
+            [e.job.id for e in endings],
+            [e.job.id for e in endings if e.has_unfinished],
+            now,
+        )
+        conn.execute(
+            self._done_sql.end_leases,
+            [
+                {
+                    "b_id": e.job.id,
+                    "b_reported": e.completion.outcome,
+                    "b_newly": newly[e.job.id],
+                    **{
+                        f"b_{name}": value
+                        for name, value in self._ended(e.decision, now, e.job).items()
+                    },
+                }
+                for e in endings
+            ],
+        )
+        return self._wake_waiting_jobs(conn, now)
 
     def _settled(
         self, completion: CompletionIn, job: Row | None, now: datetime
