@@ -187,7 +187,11 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
         try:
             while True:
                 bell = hub.work.register()
-                claim = await self._claim(worker_id, max_jobs)
+                try:
+                    claim = await self._claim(worker_id, max_jobs)
+                except BaseException:
+                    bell.cancel()  # see Doorbell.wait
+                    raise
                 hub.note_reclaimed(claim.reclaimed)
                 if claim.jobs:
                     bell.cancel()

@@ -42,6 +42,11 @@ class Doorbell:
         except TimeoutError:
             future.cancel()
             return False
+        except asyncio.CancelledError:
+            # The waiter is gone (its caller hung up); a future left pending
+            # would take the next ring meant for a waiter still there.
+            future.cancel()
+            raise
 
     @property
     def waiting(self) -> int:

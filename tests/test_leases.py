@@ -268,6 +268,35 @@ def test_a_long_poll_is_woken_by_a_submit_in_well_under_a_second(brain):
     assert got["at"] - submitted_at < 0.5
 
 
+def test_a_long_poll_its_worker_gave_up_on_does_not_swallow_the_next_wake(brain):
+    """A long-poll cancelled by its caller leaves no waiter behind: the next
+    submit wakes the worker that is still waiting, not the one that left."""
+    add_accounts(brain, "alice")
+    with pytest.raises(grpc.RpcError) as gave_up:
+        wait = Duration()
+        wait.FromSeconds(30)
+        brain.jobs().ClaimJob(
+            jobs_pb2.ClaimJobRequest(worker_id="gone", wait=wait), timeout=0.3
+        )
+    assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    got: dict[str, float] = {}
+
+    def poller():
+        jobs = claim(brain, worker_id="poller", wait_s=10)
+        got["at"] = time.monotonic()
+        got["n"] = len(jobs)
+
+    thread = threading.Thread(target=poller)
+    thread.start()
+    time.sleep(0.5)
+    submitted_at = time.monotonic()
+    submit(brain, ["target1"])
+    thread.join(30)
+
+    assert got["n"] == 1
+    assert got["at"] - submitted_at < 0.5
+
+
 def test_an_empty_long_poll_returns_after_its_wait(brain):
     """With nothing due, ClaimJob holds about `wait` and returns no job."""
     started = time.monotonic()
