@@ -358,14 +358,8 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
     async def CompleteJobs(
         self, request: jobs_pb2.CompleteJobsRequest, context: grpc.aio.ServicerContext
     ) -> jobs_pb2.CompleteJobsResponse:
-        validation.completion_batch(request)
         # A malformed completion is answered on its own, like a refused one.
-        checked: list[CompletionIn | InvalidArgument] = []
-        for item in request.completions:
-            try:
-                checked.append(validation.complete_request(item))
-            except InvalidArgument as exc:
-                checked.append(exc)
+        checked = validation.completion_batch(request)
         valid = [c for c in checked if isinstance(c, CompletionIn)]
         answers = iter(await self._finish(valid) if valid else [])
         reply = jobs_pb2.CompleteJobsResponse()

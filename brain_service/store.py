@@ -1291,7 +1291,8 @@ class Store:
             return LeaseLost(f"lease on job {job_id} expired at {job.lease_deadline}")
         return LeaseLost(
             f"lease_token: not the current lease of job {job_id} "
-            f"(the job is {job.state}; the lease expired or was handed on)"
+            f"(the job is {job.state}; this token expired, was handed on or was "
+            "never issued)"
         )
 
     def _steps_of(
@@ -1311,22 +1312,28 @@ class Store:
         """The results not recorded before, each with its step; raises
         InvalidArgument for a step the job lacks or an account not on it."""
         fresh: list[tuple[StepResultIn, Row]] = []
-        done_now: set[int] = set()
+        reported: dict[int, int] = {}
         for i, result in enumerate(results):
             step = steps.get(result.step_index)
             if step is None:
                 raise InvalidArgument(
                     f"results[{i}].step_index", f"job has no step {result.step_index}"
                 )
-            if step.finished or step.index in done_now:
+            first = reported.setdefault(step.index, i)
+            if first != i:
+                # A step runs once per attempt, so one message holds at most
+                # one result for it; two would log contradicting attempts.
+                raise InvalidArgument(
+                    f"results[{i}].step_index",
+                    f"step {step.index} is also results[{first}]",
+                )
+            if step.finished:
                 continue  # reported before: a retried update or a repeat
             if step.account_id is None or step.username != result.account_username:
                 raise InvalidArgument(
                     f"results[{i}].account_username",
                     f"step {step.index} is assigned to {step.username or 'no account'}",
                 )
-            if result.outcome in FINISHED_RESULTS:
-                done_now.add(step.index)
             fresh.append((result, step))
         return fresh
 

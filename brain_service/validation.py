@@ -228,24 +228,36 @@ def complete_request(request: jobs_pb2.CompleteJobRequest) -> CompletionIn:
     )
 
 
-def completion_batch(request: jobs_pb2.CompleteJobsRequest) -> None:
-    """Raise InvalidArgument unless the batch has 1-256 distinct jobs.
+def completion_batch(
+    request: jobs_pb2.CompleteJobsRequest,
+) -> list[CompletionIn | InvalidArgument]:
+    """Each completion checked on its own: its CompletionIn, or why it is
+    malformed (answered for that completion alone).
 
-    Each completion is checked on its own by `complete_request`.
+    Raises InvalidArgument for the whole call unless it holds 1-256
+    completions of distinct jobs (ids compared in canonical form).
     """
     count = len(request.completions)
     if not 1 <= count <= MAX_COMPLETION_BATCH:
         raise InvalidArgument(
             "completions", f"must hold 1-{MAX_COMPLETION_BATCH} (got {count})"
         )
+    checked: list[CompletionIn | InvalidArgument] = []
     seen: dict[str, int] = {}
-    for i, completion in enumerate(request.completions):
+    for i, item in enumerate(request.completions):
+        try:
+            completion = complete_request(item)
+        except InvalidArgument as exc:
+            checked.append(exc)
+            continue
         first = seen.setdefault(completion.job_id, i)
         if first != i:
             raise InvalidArgument(
                 f"completions[{i}].job_id",
                 f"job {completion.job_id} is also completions[{first}]",
             )
+        checked.append(completion)
+    return checked
 
 
 # AdminService

@@ -152,3 +152,50 @@ def test_a_malformed_batch_is_refused_whole_naming_the_field(
 
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details().startswith(f"{field}:")
+
+
+def test_one_job_twice_in_a_batch_is_refused_however_its_id_is_spelled(brain):
+    """Job ids are compared in canonical form: the same job in capitals is
+    still the same job, and the batch is refused whole, changing nothing."""
+    add_accounts(brain, "a1")
+    (job_id,) = submit(brain, ["t1"])
+    (job,) = claim(brain)
+    shouted = completion(job, outcome=jobs_pb2.OUTCOME_RETRY, error_code="x")
+    shouted.job_id = job.job_id.upper()
+
+    with pytest.raises(grpc.RpcError) as refused:
+        complete_all(brain, [completion(job), shouted])
+
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith("completions[1].job_id:")
+    assert get(brain, job_id).state == common_pb2.JOB_STATE_LEASED
+    assert brain.query("SELECT count(*) FROM action_log") == [(0,)]
+
+
+def test_one_step_reported_twice_in_one_message_is_refused(brain):
+    """Two results for one step in one completion (say TARGET_INVALID, then
+    DONE) contradict each other: INVALID_ARGUMENT naming the second, nothing
+    logged, the lease untouched."""
+    add_accounts(brain, "a1")
+    (job_id,) = submit(brain, ["t1"])
+    (job,) = claim(brain)
+    (step,) = job.steps
+    results = [
+        common_pb2.StepResult(
+            step_index=step.index,
+            account_username=step.account_username,
+            outcome=outcome,
+        )
+        for outcome in (
+            common_pb2.STEP_OUTCOME_TARGET_INVALID,
+            common_pb2.STEP_OUTCOME_DONE,
+        )
+    ]
+
+    reply = complete_all(brain, [completion(job, results=results)])
+
+    (result,) = reply.results
+    assert result.code == INVALID_ARGUMENT
+    assert result.message.startswith("results[1].step_index: step 0 is also")
+    assert get(brain, job_id).state == common_pb2.JOB_STATE_LEASED
+    assert brain.query("SELECT count(*) FROM action_log") == [(0,)]
