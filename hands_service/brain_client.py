@@ -36,6 +36,10 @@ CLAIM_GRACE_S = 10.0
 # Brain's limits: jobs per ClaimJob reply, completions per CompleteJobs call.
 MAX_CLAIM_BATCH = 64
 MAX_COMPLETE_BATCH = 256
+# Bytes of completions per CompleteJobs call: well under the Brain's default
+# 4 MiB message limit, so that refreshed sessions (up to 64 KiB each) riding
+# on many completions never make a call too large to be accepted.
+MAX_COMPLETE_BATCH_BYTES = 1024 * 1024
 
 _RETRYABLE = frozenset(
     {
@@ -381,10 +385,12 @@ class CompletionBatcher:
                 self._sender = None
 
     def _next_batch(self) -> list[_Completion]:
-        """Up to MAX_COMPLETE_BATCH queued completions, at most one per job."""
+        """Up to MAX_COMPLETE_BATCH queued completions and about
+        MAX_COMPLETE_BATCH_BYTES (never fewer than one), at most one per job."""
         batch: list[_Completion] = []
         later: list[_Completion] = []
         job_ids: set[str] = set()
+        size = 0
         now = time.monotonic()
         while self._queue and len(batch) < MAX_COMPLETE_BATCH:
             item = self._queue.popleft()
@@ -400,8 +406,13 @@ class CompletionBatcher:
                 # the later one keeps its place at the head of the queue.
                 later.append(item)
                 continue
+            item_size = item.request.ByteSize()
+            if batch and size + item_size > MAX_COMPLETE_BATCH_BYTES:
+                later.append(item)
+                break
             job_ids.add(item.job_id)
             batch.append(item)
+            size += item_size
         self._queue.extendleft(reversed(later))
         return batch
 

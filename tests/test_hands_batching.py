@@ -15,6 +15,7 @@ import structlog
 
 from barter.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc
 from hands_service.brain_client import (
+    MAX_COMPLETE_BATCH_BYTES,
     BrainClient,
     BrainRejected,
     BrainUnavailable,
@@ -42,10 +43,12 @@ class CompletionPeer(jobs_pb2_grpc.JobServiceServicer):
         self.call_error: grpc.StatusCode | None = None
         self.delay_s = 0.0
         self.batches: list[list[str]] = []
+        self.sizes: list[int] = []
         self.time_remaining_s: list[float] = []
 
     async def CompleteJobs(self, request, context):
         self.batches.append([c.job_id for c in request.completions])
+        self.sizes.append(request.ByteSize())
         self.time_remaining_s.append(context.time_remaining())
         job_ids = [c.job_id for c in request.completions]
         if len(set(job_ids)) != len(job_ids):
@@ -143,6 +146,32 @@ def test_two_completions_of_one_job_never_share_a_call():
     run(scenario)
 
 
+def test_large_completions_are_split_so_no_call_outgrows_the_byte_budget():
+    """Completions carrying big refreshed sessions go in several calls, each
+    under the budget, in their queued order; each caller still gets its reply."""
+
+    async def scenario():
+        peer = CompletionPeer()
+        big = []
+        for job_id in "abcdefgh":
+            request = completion(job_id)
+            request.refreshed_sessions.add(
+                username=f"user_{job_id}", settings=b"x" * (300 * 1024)
+            )
+            big.append(request)
+        async with serving(peer) as client:
+            replies = await asyncio.gather(
+                *(client.complete(r, timeout_s=5.0) for r in big)
+            )
+
+        assert len(replies) == 8
+        assert [j for batch in peer.batches for j in batch] == list("abcdefgh")
+        assert len(peer.batches) >= 3
+        assert max(peer.sizes) <= MAX_COMPLETE_BATCH_BYTES + 1024
+
+    run(scenario)
+
+
 def test_item_codes_become_the_errors_a_lone_call_would_raise():
     """Per-item 9 => LeaseLost, 14 => BrainUnavailable, 5 => BrainRejected."""
 
@@ -228,7 +257,9 @@ def test_the_call_timeout_is_the_smallest_left_in_the_batch():
             )
 
         assert peer.batches == [["a", "b"]]
-        assert 1.0 < peer.time_remaining_s[0] <= 1.5
+        # gRPC rounds the deadline it propagates, so allow a little over 1.5 s;
+        # the point is that it is not the other caller's 5 s.
+        assert 1.0 < peer.time_remaining_s[0] < 2.0
 
     run(scenario)
 
