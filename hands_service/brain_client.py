@@ -336,6 +336,10 @@ class CompletionBatcher:
         self._metadata = metadata
         self._queue: deque[_Completion] = deque()
         self._sender: asyncio.Task[None] | None = None
+        # False once a Brain answered that it has no CompleteJobs (one from
+        # before it, met during a rolling upgrade): each completion then goes
+        # as its own CompleteJob call, until this worker restarts.
+        self._batches_supported = True
 
     async def complete(
         self, request: jobs_pb2.CompleteJobRequest, timeout_s: float
@@ -422,10 +426,19 @@ class CompletionBatcher:
         timeout_s = max(0.0, min(i.deadline_mono for i in batch) - time.monotonic())
         request = jobs_pb2.CompleteJobsRequest(completions=[i.request for i in batch])
         try:
-            reply = await self._stub.CompleteJobs(
-                request, timeout=timeout_s, metadata=self._metadata
-            )
-            self._settle(batch, reply)
+            if self._batches_supported:
+                try:
+                    reply = await self._stub.CompleteJobs(
+                        request, timeout=timeout_s, metadata=self._metadata
+                    )
+                    self._settle(batch, reply)
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                        raise
+                    log.warning("complete_jobs_unsupported", fallback="CompleteJob")
+                    self._batches_supported = False
+            await self._send_one_by_one(batch)
         except grpc.aio.AioRpcError as exc:
             self._fail(batch, _call_error(exc))
         except (asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
@@ -445,6 +458,22 @@ class CompletionBatcher:
             self._fail(
                 batch, BrainUnavailable(f"CompleteJobs: {type(exc).__name__}: {exc}")
             )
+
+    async def _send_one_by_one(self, batch: list[_Completion]) -> None:
+        """Each completion as its own CompleteJob call, all at once."""
+
+        async def send(item: _Completion) -> None:
+            timeout_s = max(0.0, item.deadline_mono - time.monotonic())
+            try:
+                response = await self._stub.CompleteJob(
+                    item.request, timeout=timeout_s, metadata=self._metadata
+                )
+            except grpc.aio.AioRpcError as exc:
+                item.settle(_call_error(exc))
+                return
+            item.settle(response=response)
+
+        await asyncio.gather(*(send(item) for item in batch))
 
     @staticmethod
     def _settle(batch: list[_Completion], reply: jobs_pb2.CompleteJobsResponse) -> None:

@@ -72,7 +72,9 @@ class CompletionPeer(jobs_pb2_grpc.JobServiceServicer):
 
 
 @asynccontextmanager
-async def serving(peer: CompletionPeer) -> AsyncIterator[BrainClient]:
+async def serving(
+    peer: jobs_pb2_grpc.JobServiceServicer,
+) -> AsyncIterator[BrainClient]:
     """A BrainClient talking to `peer` on a real server on 127.0.0.1."""
     server = grpc.aio.server()
     jobs_pb2_grpc.add_JobServiceServicer_to_server(peer, server)
@@ -343,5 +345,49 @@ def test_close_fails_completions_still_waiting():
             await client.close()
             with pytest.raises(BrainUnavailable, match="stopped"):
                 await waiting
+
+    run(scenario)
+
+
+class OldBrain(jobs_pb2_grpc.JobServiceServicer):
+    """A Brain from before CompleteJobs: only the lone CompleteJob exists."""
+
+    def __init__(self) -> None:
+        self.batch_calls = 0
+        self.lone: list[str] = []
+
+    async def CompleteJobs(self, request, context):
+        self.batch_calls += 1
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+    async def CompleteJob(self, request, context):
+        self.lone.append(request.job_id)
+        if request.job_id == "stale":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "stale lease")
+        return jobs_pb2.CompleteJobResponse(state=common_pb2.JOB_STATE_SUCCEEDED)
+
+
+def test_a_brain_without_complete_jobs_gets_each_completion_alone():
+    """During a rolling upgrade an older Brain answers UNIMPLEMENTED: the
+    batch goes out as lone CompleteJob calls, with the same per-job errors,
+    and the worker does not ask for batches again."""
+
+    async def scenario():
+        peer = OldBrain()
+        async with serving(peer) as client:
+            outcomes = await asyncio.gather(
+                *(
+                    client.complete(completion(j), timeout_s=5.0)
+                    for j in ("a", "stale")
+                ),
+                return_exceptions=True,
+            )
+            later = await client.complete(completion("b"), timeout_s=5.0)
+
+        assert outcomes[0].state == common_pb2.JOB_STATE_SUCCEEDED
+        assert isinstance(outcomes[1], LeaseLost)
+        assert later.state == common_pb2.JOB_STATE_SUCCEEDED
+        assert peer.batch_calls == 1
+        assert sorted(peer.lone) == ["a", "b", "stale"]
 
     run(scenario)
