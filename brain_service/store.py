@@ -10,6 +10,7 @@ import base64
 import secrets
 import threading
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -838,16 +839,27 @@ class Store:
         leased: list[tuple[Row, list[Row]]] = []
         waiting: list[dict] = []
 
+        # The pool in line, least recently used first; each job takes from the
+        # front, so a claim of many jobs does not rescan the pool for each.
+        line = deque(pool)
         for job in candidates:
             if len(leased) == max_jobs:
                 break
             need = len(open_steps[job.id])
-            fits = [
-                acc
-                for acc in pool
-                if acc.id not in taken and (acc.id, job.action, job.target) not in acted
-            ][:need]
+            fits: list[Row] = []
+            passed: list[Row] = []
+            while line and len(fits) < need:
+                acc = line.popleft()
+                if acc.id in taken:
+                    continue
+                if (acc.id, job.action, job.target) in acted:
+                    passed.append(acc)
+                else:
+                    fits.append(acc)
+            # Accounts this job could not use stay first in line for the next.
+            line.extendleft(reversed(passed))
             if len(fits) < need:
+                line.extendleft(reversed(fits))
                 # The pool is only the least recently used accounts; ask the
                 # whole table before making the job wait.
                 fits = [
