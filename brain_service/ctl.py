@@ -1442,5 +1442,22 @@ def _silence_stdout() -> None:
         pass
 
 
+def run() -> None:
+    """The console script: main(), then leave without interpreter teardown.
+
+    By then every line is written and the channel closed. gRPC's own threads
+    can still hold up a normal exit (seen once as a `jobs watch` that printed
+    its summary and then never exited), and a command-line tool must not
+    hang after its work is done.
+    """
+    code = main()
+    _flush_stdout()
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
