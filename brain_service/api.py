@@ -36,7 +36,6 @@ from brain_service.store import (
     Claim,
     ClaimedJob,
     CompletionIn,
-    Finish,
     Reclaimed,
     Store,
     utcnow,
@@ -382,7 +381,7 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
         hub = self.hub
         finishes = await hub.run(hub.store.finish_jobs, completions)
         answers: list[jobs_pb2.CompleteJobResponse | BrainError] = []
-        retrying = 0
+        changed = retrying = 0
         for completion, finish in zip(completions, finishes.answers, strict=True):
             if isinstance(finish, BrainError):
                 answers.append(finish)
@@ -396,6 +395,7 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
                     state=finish.state,
                     error_code=finish.decision.error_code if finish.decision else "",
                 )
+                changed += 1
                 retrying += finish.state == "PENDING"
             answers.append(
                 jobs_pb2.CompleteJobResponse(
@@ -403,7 +403,7 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
                     available_at=convert.timestamp(finish.available_at),
                 )
             )
-        if any(isinstance(f, Finish) and not f.repeated for f in finishes.answers):
+        if changed:
             # Wake only as many long-polls as there is new work: the jobs the
             # freed accounts unblocked, and one per job sent back for retry to
             # re-read its due time. Waking them all made every completion cost
