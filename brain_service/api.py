@@ -9,6 +9,7 @@ import functools
 import random
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -43,6 +44,15 @@ from brain_service.store import (
 
 log = structlog.get_logger("brain")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ClaimOrder:
+    """What a sleeping long-poll would take, should a submit claim for it."""
+
+    worker_id: str
+    max_jobs: int
+
 
 STATUS_FOR_ERROR: dict[type[BrainError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -114,11 +124,12 @@ class Hub:
         self.store = store
         self.config = config
         # Rung when a job may have become claimable.
-        self.work = Doorbell()
+        self.work: Doorbell[ClaimOrder] = Doorbell()
         # Rung when any job changed, for watchers.
-        self.changes = Doorbell()
+        self.changes: Doorbell[None] = Doorbell()
         self.stopping = False
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store")
+        self._giving_back: set[asyncio.Future[None]] = set()
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking store call off the event loop."""
@@ -146,6 +157,52 @@ class Hub:
         if reclaimed:
             self.job_changed(claimable=None)
 
+    def hand_back(self, claim: Claim) -> None:
+        """Hand back, in the background, jobs claimed for a caller now gone."""
+        for claimed in claim.jobs:
+            task = asyncio.ensure_future(self._give_back(claimed))
+            # The loop keeps only weak references to tasks.
+            self._giving_back.add(task)
+            task.add_done_callback(self._giving_back.discard)
+
+    async def _give_back(self, claimed: ClaimedJob) -> None:
+        try:
+            state = await self.run(
+                self.store.hand_back, claimed.job.id, claimed.job.lease_token
+            )
+        except BrainError as exc:
+            # The lease still expires and the sweeper takes the job back.
+            log.warning(
+                "claim_hand_back_failed", job_id=claimed.job.id, reason=str(exc)
+            )
+            return
+        log.info(
+            "claim_handed_back",
+            job_id=claimed.job.id,
+            state=state,
+            reason="caller_gone",
+        )
+        self.job_changed(claimable=1)
+
+    def deliver(
+        self,
+        waiter: "asyncio.Future[Any]",
+        running: "asyncio.Future[tuple[Any, Claim | None]]",
+    ) -> None:
+        """Settle a taken long-poll with the claim made for it, or wake it."""
+        claim = None
+        if not running.cancelled() and running.exception() is None:
+            claim = running.result()[1]
+        if claim is not None:
+            self.note_reclaimed(claim.reclaimed)
+        if claim is None or not claim.jobs:
+            if not waiter.done():
+                waiter.set_result(None)  # a plain ring: it looks for itself
+        elif waiter.done():
+            self.hand_back(claim)  # the long-poll ended meanwhile
+        else:
+            waiter.set_result(claim)
+
     def on_peer_note(self, kind: str, count: int) -> None:
         """Another replica changed a job (PostgreSQL LISTEN/NOTIFY)."""
         self.job_changed(claimable=(count or None) if kind == "work" else 0)
@@ -164,7 +221,6 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.polls = 0
-        self._giving_back: set[asyncio.Future[None]] = set()
 
     @abort_on_error
     async def ClaimJob(
@@ -182,40 +238,61 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
         loop = asyncio.get_running_loop()
         # A little less than asked, at random, so a fleet does not re-poll in step.
         deadline = loop.time() + wait_s * random.uniform(0.9, 1.0)
+        order = ClaimOrder(worker_id, max_jobs)
         self.polls += 1
+        bell: asyncio.Future[Any] | None = None
         try:
             while True:
                 bell = hub.work.register()
-                try:
-                    claim = await self._claim(worker_id, max_jobs)
-                except BaseException:
-                    bell.cancel()  # see Doorbell.wait
-                    raise
+                claim = await self._claim(worker_id, max_jobs)
                 hub.note_reclaimed(claim.reclaimed)
                 if claim.jobs:
-                    bell.cancel()
-                    reply = await self._fit_reply(claim.jobs)
-                    if reply.jobs:
-                        return self._claimed(claim.jobs, reply, worker_id)
-                    continue
-
-                remaining = deadline - loop.time()
-                if remaining <= 0 or hub.stopping:
-                    bell.cancel()
-                    log.debug("claim_empty", worker_id=worker_id)
-                    return jobs_pb2.ClaimJobResponse()
-                timeout = remaining
-                if hub.store.is_postgres:
-                    # A peer's notification can be lost with its connection.
-                    timeout = min(timeout, hub.config.fallback_check_s)
-                if claim.next_due_at is not None:
-                    due_in = (claim.next_due_at - claim.now).total_seconds()
-                    # Floor: rows another replica holds locked look due but
-                    # cannot be taken; do not spin on them.
-                    timeout = min(timeout, max(due_in, 0.01))
-                await Doorbell.wait(bell, timeout)
+                    self._let_go(bell)
+                else:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0 or hub.stopping:
+                        self._let_go(bell)
+                        log.debug("claim_empty", worker_id=worker_id)
+                        return jobs_pb2.ClaimJobResponse()
+                    timeout = remaining
+                    if hub.store.is_postgres:
+                        # A peer's notification can be lost with its connection.
+                        timeout = min(timeout, hub.config.fallback_check_s)
+                    if claim.next_due_at is not None:
+                        due_in = (claim.next_due_at - claim.now).total_seconds()
+                        # Floor: rows another replica holds locked look due but
+                        # cannot be taken; do not spin on them.
+                        timeout = min(timeout, max(due_in, 0.01))
+                    hub.work.offer(bell, order)
+                    await Doorbell.wait(bell, timeout)
+                    delivered = self._delivered(bell)
+                    if delivered is None:
+                        continue  # rung, or time to look again
+                    claim = delivered
+                bell = None
+                reply = await self._fit_reply(claim.jobs)
+                if reply.jobs:
+                    return self._claimed(claim.jobs, reply, worker_id)
+        except BaseException:
+            if bell is not None:
+                self._let_go(bell)
+            raise
         finally:
             self.polls -= 1
+
+    @staticmethod
+    def _delivered(bell: "asyncio.Future[Any]") -> Claim | None:
+        """Settle `bell`; the claim a submit made for this long-poll, if any."""
+        if bell.cancel() or bell.cancelled():
+            return None
+        result = bell.result()
+        return result if isinstance(result, Claim) else None
+
+    def _let_go(self, bell: "asyncio.Future[Any]") -> None:
+        """Stop waiting on `bell`, handing back a claim delivered meanwhile."""
+        delivered = self._delivered(bell)
+        if delivered is not None:
+            self.hub.hand_back(delivered)
 
     async def _claim(self, worker_id: str, max_jobs: int) -> Claim:
         """One store claim that a caller going away cannot orphan.
@@ -240,31 +317,7 @@ class JobApi(jobs_pb2_grpc.JobServiceServicer):
             return
         claim = running.result()
         self.hub.note_reclaimed(claim.reclaimed)
-        for claimed in claim.jobs:
-            task = asyncio.ensure_future(self._give_back(claimed))
-            # The loop keeps only weak references to tasks.
-            self._giving_back.add(task)
-            task.add_done_callback(self._giving_back.discard)
-
-    async def _give_back(self, claimed: ClaimedJob) -> None:
-        hub = self.hub
-        try:
-            state = await hub.run(
-                hub.store.hand_back, claimed.job.id, claimed.job.lease_token
-            )
-        except BrainError as exc:
-            # The lease still expires and the sweeper takes the job back.
-            log.warning(
-                "claim_hand_back_failed", job_id=claimed.job.id, reason=str(exc)
-            )
-            return
-        log.info(
-            "claim_handed_back",
-            job_id=claimed.job.id,
-            state=state,
-            reason="caller_gone",
-        )
-        hub.job_changed(claimable=1)
+        self.hub.hand_back(claim)
 
     async def _fit_reply(self, jobs: list[ClaimedJob]) -> jobs_pb2.ClaimJobResponse:
         """The reply with as many claimed jobs as the message limit lets through.
@@ -424,10 +477,22 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         specs = validation.job_specs(
             request, hub.store.tiers, hub.config.max_submit_batch
         )
-        results = await hub.run(hub.store.submit_jobs, specs, utcnow())
+        # The longest-sleeping long-poll gets its claim made in the submit's
+        # own transaction: a job reaches a waiting worker without a second
+        # transaction and a wake-up first.
+        taken = hub.work.take()
+        claimer = None if taken is None else (taken[1].worker_id, taken[1].max_jobs)
+        running = asyncio.ensure_future(
+            hub.run(hub.store.submit_and_claim, specs, utcnow(), claimer)
+        )
+        if taken is not None:
+            # Delivered however the submit ends, even if its own caller hangs up.
+            running.add_done_callback(functools.partial(hub.deliver, taken[0]))
+        results, claim = await asyncio.shield(running)
         created = sum(1 for _, was_created in results if was_created)
         log.info("jobs_submitted", created=created, repeated=len(results) - created)
-        hub.job_changed(claimable=created)
+        delivered = len(claim.jobs) if claim is not None else 0
+        hub.job_changed(claimable=max(created - delivered, 0))
         return admin_pb2.SubmitJobsResponse(
             jobs=[
                 admin_pb2.SubmittedJob(job=convert.job(view), created=was_created)

@@ -700,19 +700,38 @@ class Store:
         self, specs: Sequence[JobSpecIn], now: datetime
     ) -> list[tuple[JobView, bool]]:
         """Store new jobs, or return the existing job for a known idempotency key."""
+        return self.submit_and_claim(specs, now, None)[0]
+
+    def submit_and_claim(
+        self,
+        specs: Sequence[JobSpecIn],
+        now: datetime,
+        claimer: tuple[str, int] | None,
+    ) -> tuple[list[tuple[JobView, bool]], Claim | None]:
+        """Store jobs as submit_jobs does and, in the same transaction, claim
+        for `claimer` (worker id, most jobs) when one is given.
+
+        A long-polling worker so gets its job without a claim transaction of
+        its own. The claim takes due jobs in the usual order, so a new job
+        does not pass older ones.
+        """
         try:
-            return self._submit_jobs(specs, now)
+            return self._submit_jobs(specs, now, claimer)
         except IntegrityError:
             # Another replica stored the same key between our check and insert;
             # the second pass finds it.
-            return self._submit_jobs(specs, now)
+            return self._submit_jobs(specs, now, claimer)
 
     def _submit_jobs(
-        self, specs: Sequence[JobSpecIn], now: datetime
-    ) -> list[tuple[JobView, bool]]:
+        self,
+        specs: Sequence[JobSpecIn],
+        now: datetime,
+        claimer: tuple[str, int] | None,
+    ) -> tuple[list[tuple[JobView, bool]], Claim | None]:
         results: list[tuple[JobView, bool]] = []
         job_rows: list[dict] = []
         step_rows: list[dict] = []
+        claim = None
         with self._transaction() as s:
             keys = [spec.idempotency_key for spec in specs if spec.idempotency_key]
             known = {}
@@ -786,40 +805,45 @@ class Store:
                 conn.execute(self._insert_jobs, job_rows)
                 conn.execute(self._insert_steps, step_rows)
             self._notify(s, "work", len(job_rows))
-        return results
+            if claimer is not None and job_rows:
+                claim = self._claim(s, *claimer)
+        return results, claim
 
     def claim_jobs(self, worker_id: str, max_jobs: int) -> Claim:
         """Lease up to `max_jobs` due jobs whose workforce is free."""
-        sql = self._claim_sql
         with self._transaction() as s:
-            # Read the clock once the write lock is held: a deadline counted
-            # from before a wait for the lock could be over on arrival.
-            now = utcnow()
-            conn = s.connection()
-            reclaimed = self._reclaim_expired(s, now)
+            return self._claim(s, worker_id, max_jobs)
 
-            # Why two claimers never get the same job or account: on SQLite
-            # this transaction holds the database's single write lock from
-            # BEGIN IMMEDIATE to COMMIT, so nothing else writes in between; on
-            # PostgreSQL the job and account rows are locked FOR UPDATE SKIP
-            # LOCKED, so a concurrent claimer passes over them instead.
-            candidates = conn.execute(
-                sql.candidates, {"b_now": now, "b_limit": max_jobs + 8}
-            ).all()
-            claimed: list[ClaimedJob] = []
-            if candidates:
-                open_steps: dict[str, list[int]] = {row.id: [] for row in candidates}
-                for job_id, index in conn.execute(
-                    sql.open_steps, {"b_ids": list(open_steps)}
-                ):
-                    open_steps[job_id].append(index)
-                claimed = self._lease_jobs(
-                    conn, candidates, open_steps, worker_id, max_jobs, now
-                )
+    def _claim(self, s: Session, worker_id: str, max_jobs: int) -> Claim:
+        sql = self._claim_sql
+        # Read the clock once the write lock is held: a deadline counted
+        # from before a wait for the lock could be over on arrival.
+        now = utcnow()
+        conn = s.connection()
+        reclaimed = self._reclaim_expired(s, now)
 
-            next_due_at = None
-            if not claimed:
-                next_due_at = conn.execute(sql.next_due).scalar()
+        # Why two claimers never get the same job or account: on SQLite
+        # this transaction holds the database's single write lock from
+        # BEGIN IMMEDIATE to COMMIT, so nothing else writes in between; on
+        # PostgreSQL the job and account rows are locked FOR UPDATE SKIP
+        # LOCKED, so a concurrent claimer passes over them instead.
+        candidates = conn.execute(
+            sql.candidates, {"b_now": now, "b_limit": max_jobs + 8}
+        ).all()
+        claimed: list[ClaimedJob] = []
+        if candidates:
+            open_steps: dict[str, list[int]] = {row.id: [] for row in candidates}
+            for job_id, index in conn.execute(
+                sql.open_steps, {"b_ids": list(open_steps)}
+            ):
+                open_steps[job_id].append(index)
+            claimed = self._lease_jobs(
+                conn, candidates, open_steps, worker_id, max_jobs, now
+            )
+
+        next_due_at = None
+        if not claimed:
+            next_due_at = conn.execute(sql.next_due).scalar()
         return Claim(claimed, reclaimed, next_due_at, now)
 
     def _lease_jobs(

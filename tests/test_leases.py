@@ -292,6 +292,41 @@ def test_a_long_poll_its_worker_gave_up_on_does_not_swallow_the_next_wake(brain)
     assert woken_after_s < 0.5
 
 
+def test_a_waiting_long_poll_is_handed_the_queue_head_not_the_newest_job(brain):
+    """A submit claims for the long-poll that waits, in its own transaction,
+    and in the queue's order: a batch's higher-priority job goes first."""
+    add_accounts(brain, "alice", "bob", "carol", "dave")
+    got: dict[str, list] = {}
+
+    def poller():
+        got["jobs"] = list(claim(brain, worker_id="poller", wait_s=30))
+
+    thread = threading.Thread(target=poller)
+    thread.start()
+    time.sleep(0.5)
+    reply = brain.admin().SubmitJobs(
+        admin_pb2.SubmitJobsRequest(
+            jobs=[
+                admin_pb2.JobSpec(
+                    action=common_pb2.ACTION_FOLLOW, target="low", tier="free_test"
+                ),
+                admin_pb2.JobSpec(
+                    action=common_pb2.ACTION_FOLLOW, target="high", tier="small"
+                ),
+            ]
+        ),
+        timeout=10,
+    )
+    thread.join(30)
+    low, high = (item.job.job_id for item in reply.jobs)
+
+    assert [job.job_id for job in got["jobs"]] == [high]
+    assert get(brain, high).state == common_pb2.JOB_STATE_LEASED
+    assert get(brain, low).state == common_pb2.JOB_STATE_PENDING
+    (job,) = claim(brain, worker_id="second")
+    assert job.job_id == low
+
+
 def test_an_empty_long_poll_returns_after_its_wait(brain):
     """With nothing due, ClaimJob holds about `wait` and returns no job."""
     started = time.monotonic()

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from harness import (
     FINAL,
@@ -580,3 +581,44 @@ def test_a_claim_whose_caller_hung_up_hands_its_jobs_back(tmp_path):
 
     assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert (state, attempts, token) == ("PENDING", 0, None)
+
+
+def test_a_claim_made_by_a_submit_for_a_long_poll_that_left_is_handed_back(tmp_path):
+    """A submit claims for the long-poll waiting at that moment; when that
+    worker hangs up while the submit waits for the store, the job it was
+    given is PENDING again at once, not leased to nobody until the lease ends."""
+    brain = BrainProcess(tmp_path, BRAIN_LEASE_TTL_S="60", BRAIN_SWEEP_INTERVAL_S="60")
+    brain.migrate()
+    brain.start()
+    try:
+        add_accounts(brain, "a1")
+        database = Path(brain.database_url.removeprefix("sqlite:///"))
+        wait = Duration()
+        wait.FromSeconds(30)
+        request = jobs_pb2.ClaimJobRequest(worker_id="w-gone", max_jobs=1, wait=wait)
+        with ThreadPoolExecutor(2) as pool:
+            poll = pool.submit(brain.jobs().ClaimJob, request, timeout=1.0)
+            time.sleep(0.5)  # the long-poll is asleep
+            with write_lock_held(database, hold_s=1.5):
+                submitted = pool.submit(submit, brain, ["target1"])
+                with pytest.raises(grpc.RpcError) as gave_up:
+                    poll.result(10)
+            (job_id,) = submitted.result(10)
+
+        def handed_back() -> bool:
+            log = brain.log_path.read_text()
+            return '"claim_handed_back"' in log and "caller_gone" in log
+
+        wait_for(handed_back, 10, "the Brain to hand the claim back")
+        ((state, attempts, token),) = brain.query(
+            f"SELECT state, attempts, lease_token FROM jobs WHERE id = '{job_id}'"
+        )
+        again = brain.jobs().ClaimJob(
+            jobs_pb2.ClaimJobRequest(worker_id="w-here", max_jobs=1), timeout=10
+        )
+    finally:
+        brain.stop()
+
+    assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert (state, attempts, token) == ("PENDING", 0, None)
+    assert [job.job_id for job in again.jobs] == [job_id]
