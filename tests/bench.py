@@ -47,7 +47,9 @@ from barter.v1 import admin_pb2, common_pb2, jobs_pb2, jobs_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import (  # noqa: E402 - found through the line above when run as a script
+# Both found through the line above when run as a script.
+from bench_floor import relay_floor  # noqa: E402
+from harness import (  # noqa: E402
     BrainProcess,
     HandsProcess,
     ThrowawayDatabase,
@@ -696,6 +698,23 @@ def section_dispatch(
         ("long_poll", 0.0, args.dispatch_jobs, args.dispatch_gap_ms / 1000),
         ("poll", args.poll_interval, args.poll_jobs, args.poll_gap_ms / 1000),
     )
+    if args.dispatch_jobs > 0:
+        floors = []
+        for run in range(1, args.runs + 1):
+            figures = relay_floor(args.dispatch_jobs, args.dispatch_gap_ms / 1000)
+            floors.append(figures)
+            say(
+                f"dispatch floor run {run}/{args.runs}: p50 "
+                f"{figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms"
+            )
+        results.details["dispatch.floor"] = floors
+        for q in ("p50", "p95", "p99"):
+            results.add(
+                f"dispatch.floor.{q}_ms",
+                f"dispatch floor {q}: submit relayed to a held call, no store",
+                "ms",
+                [r[f"{q}_ms"] for r in floors],
+            )
     for kind in args.store_list:
         for mode, interval_s, jobs, gap_s in modes:
             if jobs <= 0:

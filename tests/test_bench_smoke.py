@@ -45,6 +45,8 @@ FIGURES = [
     "throughput.sqlite.best.jobs_per_s",
     "memory.sqlite.hands_1.brain_peak_rss_mb",
     "memory.sqlite.hands_1.hands_peak_rss_mb",
+    "dispatch.floor.p50_ms",
+    "dispatch.floor.p99_ms",
     "dispatch.sqlite.long_poll.p50_ms",
     "dispatch.sqlite.long_poll.p95_ms",
     "dispatch.sqlite.long_poll.p99_ms",
