@@ -184,24 +184,33 @@ class Hub:
         )
         self.job_changed(claimable=1)
 
-    def deliver(
+    def submitted(
         self,
-        waiter: "asyncio.Future[Any]",
-        running: "asyncio.Future[tuple[Any, Claim | None]]",
+        taken: "tuple[asyncio.Future[Any], ClaimOrder] | None",
+        running: "asyncio.Future[tuple[list[tuple[Any, bool]], Claim | None]]",
     ) -> None:
-        """Settle a taken long-poll with the claim made for it, or wake it."""
+        """Once a submit's store call ends, however it ends (its own caller may
+        have hung up): settle the long-poll it took and wake one more per
+        job it created beyond those."""
+        results: list[tuple[Any, bool]] = []
         claim = None
         if not running.cancelled() and running.exception() is None:
-            claim = running.result()[1]
+            results, claim = running.result()
+        created = sum(1 for _, was_created in results if was_created)
+        delivered = 0
         if claim is not None:
             self.note_reclaimed(claim.reclaimed)
-        if claim is None or not claim.jobs:
-            if not waiter.done():
-                waiter.set_result(None)  # a plain ring: it looks for itself
-        elif waiter.done():
-            self.hand_back(claim)  # the long-poll ended meanwhile
-        else:
-            waiter.set_result(claim)
+        if taken is not None:
+            waiter = taken[0]
+            if claim is None or not claim.jobs:
+                if not waiter.done():
+                    waiter.set_result(None)  # a plain ring: it looks for itself
+            elif waiter.done():
+                self.hand_back(claim)  # the long-poll ended meanwhile
+            else:
+                waiter.set_result(claim)
+                delivered = len(claim.jobs)
+        self.job_changed(claimable=max(created - delivered, 0))
 
     def on_peer_note(self, kind: str, count: int) -> None:
         """Another replica changed a job (PostgreSQL LISTEN/NOTIFY)."""
@@ -485,14 +494,10 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         running = asyncio.ensure_future(
             hub.run(hub.store.submit_and_claim, specs, utcnow(), claimer)
         )
-        if taken is not None:
-            # Delivered however the submit ends, even if its own caller hangs up.
-            running.add_done_callback(functools.partial(hub.deliver, taken[0]))
-        results, claim = await asyncio.shield(running)
+        running.add_done_callback(functools.partial(hub.submitted, taken))
+        results, _ = await asyncio.shield(running)
         created = sum(1 for _, was_created in results if was_created)
         log.info("jobs_submitted", created=created, repeated=len(results) - created)
-        delivered = len(claim.jobs) if claim is not None else 0
-        hub.job_changed(claimable=max(created - delivered, 0))
         return admin_pb2.SubmitJobsResponse(
             jobs=[
                 admin_pb2.SubmittedJob(job=convert.job(view), created=was_created)

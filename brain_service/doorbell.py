@@ -69,7 +69,11 @@ class Doorbell(Generic[Order]):
         if timeout_s <= 0:
             return not future.cancel()
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+            # cancellation that lands as the future is settled, and a long-poll
+            # would then answer a caller that has gone.
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(future)
             return True
         except TimeoutError:
             return not future.cancel()

@@ -622,3 +622,44 @@ def test_a_claim_made_by_a_submit_for_a_long_poll_that_left_is_handed_back(tmp_p
     assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert (state, attempts, token) == ("PENDING", 0, None)
     assert [job.job_id for job in again.jobs] == [job_id]
+
+
+def test_a_submit_whose_caller_hung_up_still_wakes_every_waiting_worker(tmp_path):
+    """A batch submit whose caller leaves while it waits for the store still
+    stores its jobs, and each long-poll waiting for them gets one at once."""
+    brain = BrainProcess(tmp_path, BRAIN_LEASE_TTL_S="60", BRAIN_SWEEP_INTERVAL_S="60")
+    brain.migrate()
+    brain.start()
+    try:
+        add_accounts(brain, "a1", "a2")
+        database = Path(brain.database_url.removeprefix("sqlite:///"))
+        wait = Duration()
+        wait.FromSeconds(20)
+        batch = admin_pb2.SubmitJobsRequest(
+            jobs=[
+                admin_pb2.JobSpec(
+                    action=common_pb2.ACTION_FOLLOW, target=f"t{i}", tier="free_test"
+                )
+                for i in range(2)
+            ]
+        )
+
+        def poll(worker_id: str) -> tuple[list[str], float]:
+            request = jobs_pb2.ClaimJobRequest(worker_id=worker_id, wait=wait)
+            reply = brain.jobs().ClaimJob(request, timeout=30)
+            return [job.job_id for job in reply.jobs], time.monotonic()
+
+        with ThreadPoolExecutor(2) as pool:
+            polls = [pool.submit(poll, "w1"), pool.submit(poll, "w2")]
+            time.sleep(0.5)  # both long-polls are asleep
+            with write_lock_held(database, hold_s=1.5):
+                with pytest.raises(grpc.RpcError) as gave_up:
+                    brain.admin().SubmitJobs(batch, timeout=0.5)
+            released = time.monotonic()
+            (w1, w1_at), (w2, w2_at) = (p.result(30) for p in polls)
+    finally:
+        brain.stop()
+
+    assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(w1) == len(w2) == 1 and w1 != w2
+    assert max(w1_at, w2_at) - released < 2  # not at the end of their 20 s waits
