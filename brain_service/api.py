@@ -9,7 +9,6 @@ import functools
 import random
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -36,6 +35,7 @@ from brain_service.outcomes import FINAL_STATES
 from brain_service.store import (
     Claim,
     ClaimedJob,
+    ClaimOrder,
     CompletionIn,
     Reclaimed,
     Store,
@@ -44,14 +44,6 @@ from brain_service.store import (
 
 log = structlog.get_logger("brain")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ClaimOrder:
-    """What a sleeping long-poll would take, should a submit claim for it."""
-
-    worker_id: str
-    max_jobs: int
 
 
 STATUS_FOR_ERROR: dict[type[BrainError], grpc.StatusCode] = {
@@ -190,14 +182,14 @@ class Hub:
         running: "asyncio.Future[tuple[list[tuple[Any, bool]], Claim | None]]",
     ) -> None:
         """Once a submit's store call ends, however it ends (its own caller may
-        have hung up): settle the long-poll it took and wake one more per
-        job it created beyond those."""
-        results: list[tuple[Any, bool]] = []
+        have hung up): log it, settle the long-poll it took and wake one more
+        per job it created beyond those."""
+        created = delivered = 0
         claim = None
         if not running.cancelled() and running.exception() is None:
             results, claim = running.result()
-        created = sum(1 for _, was_created in results if was_created)
-        delivered = 0
+            created = sum(1 for _, was_created in results if was_created)
+            log.info("jobs_submitted", created=created, repeated=len(results) - created)
         if claim is not None:
             self.note_reclaimed(claim.reclaimed)
         if taken is not None:
@@ -490,14 +482,12 @@ class AdminApi(admin_pb2_grpc.AdminServiceServicer):
         # own transaction: a job reaches a waiting worker without a second
         # transaction and a wake-up first.
         taken = hub.work.take()
-        claimer = None if taken is None else (taken[1].worker_id, taken[1].max_jobs)
+        claimer = None if taken is None else taken[1]
         running = asyncio.ensure_future(
             hub.run(hub.store.submit_and_claim, specs, utcnow(), claimer)
         )
         running.add_done_callback(functools.partial(hub.submitted, taken))
         results, _ = await asyncio.shield(running)
-        created = sum(1 for _, was_created in results if was_created)
-        log.info("jobs_submitted", created=created, repeated=len(results) - created)
         return admin_pb2.SubmitJobsResponse(
             jobs=[
                 admin_pb2.SubmittedJob(job=convert.job(view), created=was_created)

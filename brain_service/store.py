@@ -140,6 +140,14 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
+class ClaimOrder:
+    """What a worker asks of a claim: jobs for it, at most `max_jobs`."""
+
+    worker_id: str
+    max_jobs: int
+
+
+@dataclass(frozen=True)
 class JobSpecIn:
     action: str
     target: str
@@ -706,10 +714,10 @@ class Store:
         self,
         specs: Sequence[JobSpecIn],
         now: datetime,
-        claimer: tuple[str, int] | None,
+        claimer: ClaimOrder | None,
     ) -> tuple[list[tuple[JobView, bool]], Claim | None]:
         """Store jobs as submit_jobs does and, in the same transaction, claim
-        for `claimer` (worker id, most jobs) when one is given.
+        for `claimer` when one is given.
 
         A long-polling worker so gets its job without a claim transaction of
         its own. The claim takes due jobs in the usual order, so a new job
@@ -726,7 +734,7 @@ class Store:
         self,
         specs: Sequence[JobSpecIn],
         now: datetime,
-        claimer: tuple[str, int] | None,
+        claimer: ClaimOrder | None,
     ) -> tuple[list[tuple[JobView, bool]], Claim | None]:
         results: list[tuple[JobView, bool]] = []
         job_rows: list[dict] = []
@@ -806,7 +814,7 @@ class Store:
                 conn.execute(self._insert_steps, step_rows)
             self._notify(s, "work", len(job_rows))
             if claimer is not None and job_rows:
-                claim = self._claim(s, *claimer)
+                claim = self._claim(s, claimer.worker_id, claimer.max_jobs)
         return results, claim
 
     def claim_jobs(self, worker_id: str, max_jobs: int) -> Claim:
